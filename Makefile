@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine with only Python and pip:
+#   make tour   -> virtual environment, CPU torch, .[all], then `sciffusion tour`
+#   make test   -> the same with .[all,dev], then the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: tour test venv venv-dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# CPU torch first: any other torch requirement pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet $(TORCH)
+
+venv: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+
+venv-dev: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+
+tour: venv
+	$(BIN)/sciffusion tour --out tour-output
+
+test: venv-dev
+	$(BIN)/python -m pytest -q
+
+bench: venv-dev
+	$(BIN)/python -m pip install --quiet ".[bench]"
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info tour-output
+	# torchcfm's dependency chain (torchdyn -> torchvision) would replace the CPU torch: no deps.
+	$(BIN)/python -m pip install --quiet --no-deps torchcfm

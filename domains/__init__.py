@@ -1,0 +1,1 @@
+"""sciffusion domain modules."""

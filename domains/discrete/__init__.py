@@ -1,0 +1,1 @@
+"""discrete domain (in progress)."""

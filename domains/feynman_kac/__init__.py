@@ -1,0 +1,1 @@
+"""feynman_kac domain (in progress)."""

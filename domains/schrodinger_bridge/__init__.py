@@ -1,0 +1,1 @@
+"""schrodinger_bridge domain (in progress)."""

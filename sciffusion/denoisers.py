@@ -1,0 +1,145 @@
+"""The one wrapper at the model boundary: a network's output in any parameterization, answered
+as eps, x0, score, v or velocity.
+
+With :math:`x = \\alpha x_0 + \\sigma\\varepsilon` (all coefficients at the same t):
+
+=============  ===============================================  =====================================================
+name           model predicts                                   back to :math:`(x_0, \\varepsilon)`
+=============  ===============================================  =====================================================
+``eps``        :math:`\\varepsilon`                              :math:`x_0 = (x - \\sigma\\varepsilon)/\\alpha`
+``x0``         :math:`x_0`                                      :math:`\\varepsilon = (x - \\alpha x_0)/\\sigma`
+``score``      :math:`\\nabla\\log p_t = -\\varepsilon/\\sigma`   :math:`\\varepsilon = -\\sigma s`
+``v``          :math:`v = \\alpha\\varepsilon - \\sigma x_0`       :math:`x_0 = (\\alpha x - \\sigma v)/(\\alpha^2+\\sigma^2)`
+``velocity``   :math:`u = \\dot\\alpha x_0 + \\dot\\sigma\\varepsilon` :math:`x_0 = (\\dot\\sigma x - \\sigma u)/(\\alpha\\dot\\sigma - \\sigma\\dot\\alpha)`
+=============  ===============================================  =====================================================
+
+``velocity`` is the probability-flow ODE's right-hand side :math:`dx/dt`, i.e. a flow-matching
+model. Solvers only ever call :meth:`Denoiser.x0` / :meth:`eps` / :meth:`score` /
+:meth:`velocity` and never branch on the parameterization.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .utils import batch_size, bcast, choice_error, tree_leaves, tree_map
+
+PARAMETERIZATIONS = ("eps", "x0", "score", "v", "velocity")
+
+
+class Denoiser:
+    """Wrap ``model(x, t) -> output`` for a process.
+
+    Args:
+        model: callable taking the state ``x`` and a time tensor of shape ``(B,)`` (in ``x``'s
+            dtype). For a tuple state it returns a tuple of outputs of the same structure.
+        process: a :class:`~sciffusion.processes.Process` (or ``JointProcess`` for tuple states).
+        parameterization: what the model predicts: ``eps``, ``x0``, ``score``, ``v`` or
+            ``velocity``; for tuple states either one name or one per component.
+
+    Attributes:
+        nfe: number of model evaluations so far (reset with :meth:`reset_nfe`).
+    """
+
+    def __init__(self, model: Callable[..., Any], process: Any, parameterization: Any = "eps"):
+        if not callable(model):
+            raise TypeError(f"model must be callable, got {type(model).__name__}")
+        names = parameterization if isinstance(parameterization, (tuple, list, dict)) else [parameterization]
+        names = names.values() if isinstance(names, dict) else names
+        for name in names:
+            if name not in PARAMETERIZATIONS:
+                raise choice_error("parameterization", name, PARAMETERIZATIONS)
+        self.model = model
+        self.process = process
+        self.parameterization = parameterization
+        self.nfe = 0
+
+    def reset_nfe(self) -> None:
+        self.nfe = 0
+
+    def _time(self, x: Any, t: Any) -> torch.Tensor:
+        leaf = tree_leaves(x)[0]
+        t = torch.as_tensor(t, device=leaf.device)
+        if t.ndim == 0:
+            t = t.expand(batch_size(x))
+        return t.to(leaf.dtype)
+
+    def _coeffs(self, t):
+        p = self.process
+        return p.alpha(t), p.sigma(t), p.d_alpha(t), p.d_sigma(t)
+
+    def _param_tree(self, x):
+        if isinstance(x, torch.Tensor) or not isinstance(self.parameterization, str):
+            return self.parameterization
+        return tree_map(lambda _: self.parameterization, x)
+
+    def predict(self, x: Any, t: Any) -> tuple[Any, Any]:
+        """One model call; returns ``(x0, eps)`` with the state's structure."""
+        t64 = torch.as_tensor(t, dtype=torch.float64)
+        out = self.model(x, self._time(x, t))
+        self.nfe += 1
+        a, s, da, ds = self._coeffs(t64)
+        pairs = tree_map(_to_x0_eps, self._param_tree(x), x, out, a, s, da, ds)
+        return _unzip(pairs, x)
+
+    def x0(self, x: Any, t: Any) -> Any:
+        """Posterior mean of the data :math:`\\mathbb E[x_0\\mid x_t]`."""
+        return self.predict(x, t)[0]
+
+    def eps(self, x: Any, t: Any) -> Any:
+        """Noise prediction :math:`\\mathbb E[\\varepsilon\\mid x_t]`."""
+        return self.predict(x, t)[1]
+
+    def score(self, x: Any, t: Any) -> Any:
+        """:math:`\\nabla_x\\log p_t(x) = -\\varepsilon/\\sigma_t`."""
+        eps = self.eps(x, t)
+        s = self.process.sigma(torch.as_tensor(t, dtype=torch.float64))
+        return tree_map(lambda e, si: -e / bcast(si, e), eps, s)
+
+    def v(self, x: Any, t: Any) -> Any:
+        """:math:`v = \\alpha_t\\varepsilon - \\sigma_t x_0` (Salimans & Ho 2022)."""
+        x0, eps = self.predict(x, t)
+        a, s, _, _ = self._coeffs(torch.as_tensor(t, dtype=torch.float64))
+        return tree_map(lambda x0i, ei, ai, si: bcast(ai, ei) * ei - bcast(si, ei) * x0i, x0, eps, a, s)
+
+    def velocity(self, x: Any, t: Any) -> Any:
+        """PF-ODE velocity :math:`dx/dt = \\dot\\alpha_t x_0 + \\dot\\sigma_t\\varepsilon`."""
+        x0, eps = self.predict(x, t)
+        _, _, da, ds = self._coeffs(torch.as_tensor(t, dtype=torch.float64))
+        return tree_map(lambda x0i, ei, dai, dsi: bcast(dai, ei) * x0i + bcast(dsi, ei) * ei, x0, eps, da, ds)
+
+    def __call__(self, x: Any, t: Any) -> Any:
+        """The denoiser proper, :math:`D(x, t) = \\mathbb E[x_0\\mid x_t]`."""
+        return self.x0(x, t)
+
+    def __repr__(self) -> str:
+        return f"Denoiser({self.parameterization!r}, {self.process!r})"
+
+
+def _to_x0_eps(kind, x, out, a, s, da, ds):
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model output has shape {got}, expected the state's shape {tuple(x.shape)}")
+    a, s, da, ds = (bcast(c, x) for c in (a, s, da, ds))
+    if kind == "eps":
+        return (x - s * out) / a, out
+    if kind == "x0":
+        return out, (x - a * out) / s
+    if kind == "score":
+        eps = -s * out
+        return (x - s * eps) / a, eps
+    if kind == "v":
+        n = a * a + s * s
+        return (a * x - s * out) / n, (s * x + a * out) / n
+    det = a * ds - s * da  # velocity; det = alpha sigma (dlog sigma - dlog alpha) > 0
+    return (ds * x - s * out) / det, (a * out - da * x) / det
+
+
+def _unzip(pairs, like):
+    if isinstance(like, dict):
+        return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
+    if isinstance(like, (tuple, list)):
+        return type(like)(p[0] for p in pairs), type(like)(p[1] for p in pairs)
+    return pairs
