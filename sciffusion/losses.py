@@ -10,7 +10,7 @@ prediction :math:`\\hat\\varepsilon`, and every weighting is expressed on the ep
 ========================  ========================================  =========================================
 ``eps``                   1                                          Ho et al. (2020) simple loss
 ``x0``                    :math:`\\sigma_t^2/\\alpha_t^2`              MSE on :math:`\\hat x_0`
-``v``                     :math:`\\sigma_t^2/\\alpha_t^2 \\cdot (\\alpha_t^2+\\sigma_t^2)`  MSE on :math:`v` (Salimans & Ho 2022)
+``v``                     :math:`(\\alpha_t^2+\\sigma_t^2)^2/\\alpha_t^2`         MSE on :math:`v` (Salimans & Ho 2022)
 ``score``                 :math:`1/\\sigma_t^2`                       MSE on the score
 ``likelihood``            :math:`g(t)^2/\\sigma_t^2`                  likelihood weighting (Song et al. 2021b)
 ``min_snr``               :math:`\\min(\\mathrm{SNR}, \\gamma)/\\mathrm{SNR}`  Min-SNR-:math:`\\gamma` (Hang et al. 2023)
@@ -39,7 +39,8 @@ def eps_weight(process, t: torch.Tensor, weighting: str, gamma: float = 5.0) -> 
     if weighting == "x0":
         return 1 / snr
     if weighting == "v":
-        return (a * a + s * s) / snr
+        # v - v_hat = alpha (eps - eps_hat) - sigma (x0 - x0_hat) = (alpha^2 + sigma^2)/alpha (eps - eps_hat)
+        return (a * a + s * s) ** 2 / (a * a)
     if weighting == "score":
         return 1 / (s * s)
     if weighting == "likelihood":

@@ -133,10 +133,21 @@ class GaussianMixture:
         return -float(process.sigma(t)) * self.score(x, process, t)
 
     def model(self, process, parameterization: str = "eps"):
-        """The exact model ``(x, t) -> output`` in the given parameterization (t shared by the batch)."""
+        """The exact model ``(x, t) -> output`` in the given parameterization.
+
+        ``t`` is a scalar or a ``(B,)`` tensor; rows with different times (as in a DSM loss) are
+        answered time by time, so a batch sharing one time (a sampler) costs one evaluation.
+        """
 
         def f(x, t):
-            t0 = as_time(t.reshape(-1)[0] if torch.is_tensor(t) and t.ndim else t)
+            t = as_time(t).reshape(-1)
+            if t.numel() > 1 and not bool((t == t[0]).all()):
+                out = torch.empty_like(x)
+                for tu in torch.unique(t):
+                    rows = t == tu
+                    out[rows] = f(x[rows], tu)
+                return out
+            t0 = t[0]
             x64 = _as64(x)
             a, s = float(process.alpha(t0)), float(process.sigma(t0))
             da, ds = float(process.d_alpha(t0)), float(process.d_sigma(t0))
