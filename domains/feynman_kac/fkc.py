@@ -1,0 +1,532 @@
+"""Feynman–Kac correctors (FKC) for continuous diffusion: annealing, products, guidance, reward tilts.
+
+Skreta et al. (2025), "Feynman-Kac Correctors in Diffusion: Annealing, Guidance, and Product of
+Experts". The derivation below is redone in the core's terms (time runs from data t=0 to noise
+t=T; :math:`x_t = \\alpha_t x_0 + \\sigma_t\\varepsilon`, :math:`\\lambda_t = \\log(\\alpha_t/\\sigma_t)`,
+:math:`f = d\\log\\alpha_t/dt`, :math:`g^2 = -2\\sigma_t^2\\dot\\lambda_t`).
+
+**Target.** Experts :math:`q^k_t` (the noised marginals a pretrained denoiser has learned, all on
+one process) with exponents :math:`a_k`, optionally tilted by a reward:
+
+.. math:: p_t(x) \\propto \\tilde p_t(x) = \\prod_k q^k_t(x)^{a_k}\\,e^{\\phi_t(x)},
+          \\qquad \\phi_t = \\beta_t\\,r(x),\\qquad A = \\sum_k a_k > 0.
+
+Annealing is one expert with :math:`a=\\beta`; a product of experts :math:`a_k = 1`;
+classifier-free guidance the geometric average :math:`a = (1-w, w)` of the unconditional and
+conditional models. :math:`S = \\sum_k a_k s_k` is the target score (:math:`s_k = \\nabla\\log q^k_t
+= -\\varepsilon_k/\\sigma_t`) and :math:`\\bar\\varepsilon = \\sum_k a_k\\varepsilon_k = -\\sigma_t S`.
+
+**SDE family (paper Sec. 3, Props. 3.1–3.3).** In reverse time :math:`\\tau = T - t` take
+
+.. math:: dX = \\Big[-f X + g^2\\big(\\tfrac{1+\\eta}{2} S + \\tfrac{\\eta}{2}\\nabla\\phi\\big)\\Big]d\\tau
+          + \\sqrt{\\eta}\\,g\\,dW,\\qquad \\eta \\ge 0 .
+
+:math:`\\eta = 1` is the *target-score* SDE (the reverse SDE with the target score);
+:math:`\\eta = 1/A` the *tempered-noise* SDE (for annealing: drift :math:`\\tfrac{1+\\beta}{2}g^2 s`,
+noise :math:`g/\\sqrt\\beta`); :math:`\\eta = 0` a weighted probability-flow ODE.
+
+**Weights (Feynman–Kac).** Weighting a path by :math:`\\exp\\int G\\,d\\tau` makes the weighted law
+follow :math:`\\tilde p_\\tau` when
+:math:`G = \\partial_\\tau\\log\\tilde p + \\nabla\\cdot u + u\\cdot\\nabla\\log\\tilde p
+- \\tfrac{\\eta g^2}{2}(\\Delta\\log\\tilde p + \\|\\nabla\\log\\tilde p\\|^2)`. Substituting each expert's
+Fokker–Planck equation :math:`\\partial_t\\log q = -d f - f x\\cdot s + \\tfrac{g^2}{2}(\\nabla\\cdot s
++ \\|s\\|^2)` the divergences :math:`\\nabla\\cdot s_k` cancel *exactly because* the drift carries
+:math:`\\tfrac{1+\\eta}{2}a_k s_k` (and :math:`\\Delta\\phi` cancels because it carries
+:math:`\\tfrac\\eta2\\nabla\\phi`), leaving
+
+.. math:: G = (A-1)\\,d\\,f + \\tfrac{g^2}{2}\\Big(\\|S\\|^2 - \\sum_k a_k\\|s_k\\|^2\\Big)
+          + \\partial_\\tau\\phi + \\nabla\\phi\\cdot\\big(-f x + \\tfrac{g^2}{2}S\\big),
+
+which needs no divergence of a learned score and **does not depend on** :math:`\\eta`. Over one step
+:math:`t_i \\to t_{i+1}` (noise to data, :math:`\\Delta\\lambda > 0`) it is evaluated at the left point in
+:math:`\\lambda`:
+
+.. math:: \\Delta\\log w = \\Delta\\lambda\\Big(\\|\\bar\\varepsilon\\|^2 - \\sum_k a_k\\|\\varepsilon_k\\|^2\\Big)
+          - (A-1)\\,d\\,\\Delta\\log\\alpha + (\\beta_{i+1}-\\beta_i)\\,r(x)
+          + \\beta_i\\nabla r\\cdot\\big(x\\,\\Delta\\log\\alpha - \\sigma_i\\bar\\varepsilon\\,\\Delta\\lambda\\big).
+
+In eps-form every term stays O(1) at every noise level. The x-independent term only enters the
+normalising-constant estimate.
+
+**Start.** With :math:`q^k_T \\approx N(0, s^2)` (the process prior), :math:`p_T = N(0, s^2/A)`;
+particles start there and :math:`\\log Z` starts at :math:`\\log\\int N(0,s^2)^A`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from sciffusion.schedules import check_ts, get_schedule
+from sciffusion.smc import SMCState, ess, gather, maybe_resample, normalize, resample
+from sciffusion.utils import (batch_size, bcast, check_finite, tree_leaves, tree_map,
+                              tree_numel_per_sample)
+
+NOISE_PRESETS = ("target_score", "tempered")
+INTEGRATORS = ("exponential", "euler_maruyama")
+
+
+def _sum_per_sample(tree) -> torch.Tensor:
+    """:math:`\\sum` of every non-batch entry of every leaf, float64 ``(B,)``."""
+    return sum(leaf.double().flatten(1).sum(1) for leaf in tree_leaves(tree))
+
+
+@dataclass
+class Target:
+    """The target :math:`p_t \\propto \\prod_k (q^k_t)^{a_k}\\,e^{\\beta_t r(x)}`.
+
+    Build it with :func:`anneal`, :func:`product`, :func:`guidance` (or directly), and tilt it
+    with :meth:`tilt`.
+
+    Attributes:
+        experts: denoisers (:class:`~sciffusion.denoisers.Denoiser`) on one process, of any
+            parameterization.
+        exponents: one real exponent per expert; their sum :math:`A` must be positive, otherwise
+            :math:`\\prod_k (q^k)^{a_k}` has no finite normaliser (it does not decay at infinity).
+        reward: optional differentiable ``r(x) -> (B,)``.
+        reward_scale: the final tilt :math:`\\beta_{t_{min}}`.
+        reward_schedule: optional ``t (float64 tensor) -> beta_t``; by default :math:`\\beta_t`
+            rises with the signal fraction :math:`\\alpha_t^2/(\\alpha_t^2+\\sigma_t^2)` from 0 at
+            the first grid time to ``reward_scale`` at the last.
+    """
+
+    experts: Sequence[Any]
+    exponents: Sequence[float]
+    reward: Callable | None = None
+    reward_scale: float = 0.0
+    reward_schedule: Callable | None = None
+
+    def __post_init__(self):
+        self.experts = tuple(self.experts)
+        if not self.experts:
+            raise ValueError("experts: need at least one denoiser")
+        for k, e in enumerate(self.experts):
+            if not (hasattr(e, "predict") and hasattr(e, "process")):
+                raise TypeError(f"experts[{k}] must be a sciffusion Denoiser (got {type(e).__name__})")
+        try:
+            self.exponents = tuple(float(a) for a in self.exponents)
+        except (TypeError, ValueError):
+            raise TypeError(f"exponents must be real numbers, got {self.exponents!r}") from None
+        if len(self.exponents) != len(self.experts):
+            raise ValueError(f"exponents: need one per expert ({len(self.experts)}), got {len(self.exponents)}")
+        if not all(math.isfinite(a) for a in self.exponents):
+            raise ValueError(f"exponents must be finite, got {self.exponents}")
+        if not self.total > 0:
+            raise ValueError(f"exponents sum to {self.total:g}; the target prod_k q_k^a_k is improper "
+                             "(not normalisable) unless sum_k a_k > 0")
+        names = {repr(e.process) for e in self.experts}
+        if len(names) > 1:
+            raise ValueError(f"experts must share one process, got {sorted(names)}")
+        if self.reward is not None and not callable(self.reward):
+            raise TypeError("reward must be callable r(x) -> (B,)")
+        if not math.isfinite(float(self.reward_scale)):
+            raise ValueError(f"reward_scale must be finite, got {self.reward_scale}")
+
+    @property
+    def process(self):
+        return self.experts[0].process
+
+    @property
+    def total(self) -> float:
+        """:math:`A = \\sum_k a_k`."""
+        return float(sum(self.exponents))
+
+    def tilt(self, reward: Callable, scale: float, schedule: Callable | None = None) -> "Target":
+        """A copy tilted by :math:`e^{\\beta_t r(x)}` with :math:`\\beta_{t_{min}} = ` ``scale``."""
+        return Target(self.experts, self.exponents, reward, float(scale), schedule)
+
+
+def anneal(denoiser, beta: float) -> Target:
+    """:math:`p_t \\propto q_t^{\\beta}` (inverse temperature ``beta`` > 0)."""
+    if not float(beta) > 0:
+        raise ValueError(f"beta must be positive (q^beta is improper otherwise), got {beta}")
+    return Target((denoiser,), (float(beta),))
+
+
+def product(*denoisers) -> Target:
+    """Product of experts :math:`p_t \\propto \\prod_k q^k_t`."""
+    return Target(denoisers, (1.0,) * len(denoisers))
+
+
+def guidance(unconditional, conditional, w: float) -> Target:
+    """Classifier-free guidance as a geometric average: :math:`p_t \\propto q_t^{1-w}\\,q_t(\\cdot\\mid c)^{w}`."""
+    return Target((unconditional, conditional), (1.0 - float(w), float(w)))
+
+
+def noise_level(noise: float | str, target: Target) -> float:
+    """:math:`\\eta` from a preset (``target_score``: 1, ``tempered``: :math:`1/A`) or a number >= 0."""
+    if isinstance(noise, str):
+        if noise == "target_score":
+            return 1.0
+        if noise == "tempered":
+            return 1.0 / target.total
+        raise ValueError(f"noise must be a number >= 0 or one of {NOISE_PRESETS}, got {noise!r}")
+    eta = float(noise)
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"noise (eta) must be a finite number >= 0, got {noise!r}")
+    return eta
+
+
+def combined_eps(target: Target, eps_list: Sequence[Any]) -> Any:
+    """:math:`\\bar\\varepsilon = \\sum_k a_k\\varepsilon_k`, the target's noise prediction (:math:`= -\\sigma_t S`)."""
+    out = tree_map(lambda e: target.exponents[0] * e.double(), eps_list[0])
+    for a, e in zip(target.exponents[1:], eps_list[1:]):
+        out = tree_map(lambda o, ei: o + a * ei.double(), out, e)
+    return out
+
+
+def log_weight_increment(target: Target, x: Any, eps_list: Sequence[Any], t, t_next,
+                         reward_terms: tuple | None = None) -> torch.Tensor:
+    """FKC log-weight increment over one step :math:`t \\to t_{next}` (module docstring, :math:`\\Delta\\log w`).
+
+    Args:
+        target: the :class:`Target`.
+        x: particles at ``t`` (tensor or tuple/dict state).
+        eps_list: each expert's :math:`\\varepsilon_k(x, t)`.
+        t, t_next: the step's times (float64 scalars), ``t_next < t``.
+        reward_terms: ``(r, grad_r, beta_t, beta_next)`` for a tilted target, else ``None``.
+
+    Returns:
+        float64 ``(B,)``; it does not depend on the SDE's noise level :math:`\\eta`.
+
+    Shapes:
+        x, eps_k: ``(B, ...)`` -> ``(B,)``.
+    """
+    p = target.process
+    t, t_next = torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(t_next, dtype=torch.float64)
+    d_lam = tree_map(lambda a, b: b - a, p.lam(t), p.lam(t_next))
+    d_log_alpha = tree_map(lambda a, b: b - a, p.log_alpha(t), p.log_alpha(t_next))
+    eps_bar = combined_eps(target, eps_list)
+    quad = tree_map(lambda e, dl: dl * e.pow(2), eps_bar, d_lam)
+    inc = _sum_per_sample(quad)
+    for a, e in zip(target.exponents, eps_list):
+        inc = inc - a * _sum_per_sample(tree_map(lambda ei, dl: dl * ei.double().pow(2), e, d_lam))
+    # (A - 1) d dlog(alpha): x-independent, enters only log Z
+    dims = [math.prod(leaf.shape[1:]) for leaf in tree_leaves(x)]
+    const = sum(n * float(dla) for n, dla in zip(dims, tree_leaves(d_log_alpha)))
+    inc = inc - (target.total - 1.0) * const
+    if reward_terms is not None:
+        r, grad_r, beta_t, beta_next = reward_terms
+        sig = p.sigma(t)
+        flow = tree_map(lambda xi, ei, dla, dl, s: xi.double() * dla - s * ei * dl, x, eps_bar,
+                        d_log_alpha, d_lam, sig)
+        inc = inc + (beta_next - beta_t) * r.double() + beta_t * _sum_per_sample(
+            tree_map(lambda gi, fi: gi.double() * fi, grad_r, flow))
+    return inc
+
+
+def _reward_and_grad(reward: Callable, x: Any) -> tuple[torch.Tensor, Any]:
+    """``r(x)`` and :math:`\\nabla_x r` by autograd (the reward must be differentiable)."""
+    with torch.enable_grad():
+        xg = tree_map(lambda v: v.detach().double().requires_grad_(True), x)
+        r = reward(xg)
+        if not isinstance(r, torch.Tensor) or r.shape != (batch_size(x),):
+            raise ValueError(f"reward must return a tensor of shape ({batch_size(x)},), got "
+                             f"{tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__}")
+        grads = torch.autograd.grad(r.sum(), tree_leaves(xg), allow_unused=True)
+    grads = [torch.zeros_like(v) if gr is None else gr for v, gr in zip(tree_leaves(xg), grads)]
+    it = iter(grads)
+    return r.detach(), tree_map(lambda _: next(it), xg)
+
+
+def _reward_schedule(target: Target, ts: torch.Tensor):
+    """:math:`\\beta_t` on the grid: the user's schedule, or the signal fraction rescaled to [0, scale]."""
+    if target.reward is None:
+        return None
+    if target.reward_schedule is not None:
+        return torch.stack([torch.as_tensor(target.reward_schedule(t), dtype=torch.float64) for t in ts])
+    lam = target.process.lam(ts)
+    lam = tree_leaves(lam)[0] if not isinstance(lam, torch.Tensor) else lam
+    frac = torch.sigmoid(2 * lam)
+    return target.reward_scale * (frac - frac[0]) / (frac[-1] - frac[0])
+
+
+def _check_finite_tree(tree, what: str, step: int, t: float) -> None:
+    for leaf in tree_leaves(tree):
+        if not torch.isfinite(leaf).all():
+            raise FloatingPointError(f"FKC: {what} is NaN or infinite at step {step} (t={t:.4g}); the "
+                                     "log-weights would be NaN; check the model, the reward and the grid")
+
+
+def _in_window(window, t: float) -> bool:
+    return window is None or (window[0] <= t <= window[1])
+
+
+def _check_window(window, name: str):
+    if window is None:
+        return None
+    if len(window) != 2 or not float(window[0]) <= float(window[1]):
+        raise ValueError(f"{name} must be a pair (t_lo, t_hi) with t_lo <= t_hi, got {window!r}")
+    return float(window[0]), float(window[1])
+
+
+@dataclass
+class FKCResult:
+    """Weighted particles and diagnostics returned by :func:`sample_fkc`.
+
+    Attributes:
+        x: particles at the last grid time, flat state ``(G*N, ...)`` (group-major).
+        log_w: ``(G, N)`` log-weights carried since the last resampling (float64).
+        log_z: ``(G,)`` estimate of :math:`\\log\\int\\tilde p_{t_{min}}` (the target's normaliser).
+        ts: the time grid.
+        ess: ``(num_steps,)`` mean ESS over groups after each reweighting, before resampling.
+        min_ess: ``(num_steps,)`` the smallest group's ESS at the same points.
+        resample_steps: steps at which any group resampled.
+        num_resampled: ``(num_steps,)`` how many groups resampled at each step.
+        nfe: model evaluations (all experts).
+        eta: the SDE noise level used.
+    """
+
+    x: Any
+    log_w: torch.Tensor
+    log_z: torch.Tensor
+    ts: torch.Tensor
+    ess: torch.Tensor
+    min_ess: torch.Tensor
+    resample_steps: list = field(default_factory=list)
+    num_resampled: torch.Tensor | None = None
+    nfe: int = 0
+    eta: float = 1.0
+
+    @property
+    def num_groups(self) -> int:
+        return self.log_w.shape[0]
+
+    @property
+    def num_particles(self) -> int:
+        return self.log_w.shape[1]
+
+    @property
+    def num_resampling_events(self) -> int:
+        """Number of steps at which at least one group resampled."""
+        return len(self.resample_steps)
+
+    def weights(self) -> torch.Tensor:
+        """Normalised weights ``(G, N)``."""
+        return normalize(self.log_w)
+
+    def expectation(self, fn: Callable) -> torch.Tensor:
+        """Self-normalised estimate :math:`\\sum_i w_i f(x_i)` per group, shape ``(G, ...)``."""
+        vals = fn(self.x)
+        vals = vals.reshape(self.num_groups, self.num_particles, *vals.shape[1:]).double()
+        w = self.weights()
+        return (w.reshape(*w.shape, *([1] * (vals.ndim - 2))) * vals).sum(1)
+
+    def samples(self, generator: torch.Generator | None = None) -> Any:
+        """One particle per group drawn from its final weights: ``(G, ...)``."""
+        pick = torch.multinomial(self.weights(), 1, generator=generator)  # (G, 1)
+        flat = pick[:, 0] + self.num_particles * torch.arange(self.num_groups)
+        return tree_map(lambda v: v[flat.to(v.device)], self.x)
+
+    def resampled(self, scheme: str = "systematic", generator: torch.Generator | None = None) -> Any:
+        """All ``G*N`` particles after one final resampling (equal weights)."""
+        return gather(self.x, resample(self.log_w, scheme, generator))
+
+    def plot_diagnostics(self):
+        """Figure: ESS/N against time with the resampling events, and cumulative event count."""
+        from .diagnostics import plot_diagnostics
+
+        return plot_diagnostics(self)
+
+
+def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps: int = 200,
+               schedule: str = "logsnr", ts: Any = None, noise: float | str = "target_score",
+               integrator: str = "exponential", correct: bool = True, threshold: float = 0.5,
+               scheme: str = "systematic", resample_window: tuple | None = None,
+               correction_window: tuple | None = None, warn_ess: float | None = 0.01,
+               generator: torch.Generator | None = None, callback: Callable | None = None,
+               progress: bool = False, dtype=torch.float32, device=None) -> FKCResult:
+    """Feynman–Kac corrected SMC sampling of a :class:`Target` (paper Alg. 1).
+
+    Every step :math:`t_i \\to t_{i+1}`: evaluate each expert once at :math:`x_i`; multiply the weights
+    by :math:`e^{\\Delta\\log w}` (module docstring); resample the groups whose ESS fell below
+    ``threshold * N`` (reweight -> resample -> move, so that children of one parent spread apart
+    in the move); move every particle with the :math:`\\eta`-SDE. With
+    :math:`\\bar\\varepsilon = (A x - \\alpha\\bar x_0)/\\sigma`, :math:`\\bar x_0 = \\sum_k a_k \\hat x_0^k`,
+    the SDE is linear in x up to :math:`\\bar x_0`; the ``exponential`` integrator freezes
+    :math:`\\bar x_0` over the step and integrates the rest exactly (:math:`c = \\tfrac{1+\\eta}{2}`,
+    :math:`h = \\lambda_{i+1}-\\lambda_i`):
+
+    .. math:: x_{i+1} = \\tfrac{\\alpha_{i+1}}{\\alpha_i}e^{-2cAh}x_i
+              + \\alpha_{i+1}\\tfrac{1-e^{-2cAh}}{A}\\bar x_0
+              + \\sigma_{i+1}\\sqrt{2\\eta\\,\\tfrac{e^{(2-4cA)h}-1}{2-4cA}}\\,z
+
+    (one expert, :math:`\\eta = 1`: the first-order SDE-DPM-Solver++ step; the reward drift is
+    folded into :math:`\\bar x_0` as :math:`\\tfrac{\\eta}{2c}\\tfrac{\\sigma_i^2}{\\alpha_i}\\beta_i\\nabla r`).
+    Treating the whole :math:`A`-fold score stiffness exactly matters for annealing (:math:`A=\\beta`):
+    an eps-form step is unstable near :math:`(1+\\eta)A\\,h \\approx 2`. ``euler_maruyama`` is the
+    plain Euler–Maruyama step of the same SDE.
+
+    Args:
+        target: what to sample.
+        x_or_shape: a shape ``(G, ...)`` (``G`` = number of samples, one group of ``num_particles``
+            each), or a starting state of batch ``G * num_particles`` (group-major) at ``ts[0]``.
+            Starting from a shape draws :math:`N(0, s^2/A)`, the target at the prior.
+        num_particles: particles per group ``N`` (>= 1).
+        num_steps, schedule, ts: the time grid (as in :func:`sciffusion.samplers.sample`).
+        noise: the SDE's :math:`\\eta`: ``"target_score"`` (1), ``"tempered"`` (:math:`1/A`) or a number.
+        integrator: ``exponential`` or ``euler_maruyama``.
+        correct: ``False`` runs the same SDE with no weights and no resampling (the uncorrected
+            sampler, for comparison at equal NFE).
+        threshold: resample a group when its ESS < ``threshold * N`` (1.0: every step; 0: never).
+        scheme: resampling scheme of :func:`sciffusion.smc.resample`.
+        resample_window: ``(t_lo, t_hi)``; resampling only at times inside it (weights are carried
+            and stay exact outside it).
+        correction_window: ``(t_lo, t_hi)``; weights are accumulated only inside it. Anything
+            short of the full grid leaves the target uncorrected outside the window (biased; for
+            ablations).
+        warn_ess: warn once (``RuntimeWarning``) if some group's ESS fell below ``warn_ess * N``.
+        generator: the only source of randomness.
+        callback: ``callback(i, t_next, x, state)`` after every step.
+
+    Returns:
+        :class:`FKCResult`.
+
+    Shapes:
+        x: ``(G*N, ...)``; log_w: ``(G, N)``.
+    """
+    if not isinstance(target, Target):
+        raise TypeError(f"target must be a Target (use anneal/product/guidance), got {type(target).__name__}")
+    if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
+        raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+    if integrator not in INTEGRATORS:
+        raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}")
+    if warn_ess is not None and not 0 <= warn_ess <= 1:
+        raise ValueError(f"warn_ess must lie in [0, 1] (a fraction of N), got {warn_ess}")
+    resample_window = _check_window(resample_window, "resample_window")
+    correction_window = _check_window(correction_window, "correction_window")
+    eta = noise_level(noise, target)
+    p = target.process
+    A = target.total
+    N = num_particles
+    if ts is None:
+        ts = get_schedule(schedule)(p, num_steps)
+    ts = check_ts(ts, p)
+    x = _initial_state(p, x_or_shape, N, A, generator, dtype, device)
+    B = batch_size(x)
+    if B % N:
+        raise ValueError(f"the starting state has batch {B}, not a multiple of num_particles={N}")
+    G = B // N
+    state = SMCState.init(G, N, device=tree_leaves(x)[0].device)
+    if _is_shape(x_or_shape):
+        state.log_z = state.log_z + _log_z_prior(p, x, A)
+    betas = _reward_schedule(target, ts)
+    nfe0 = [e.nfe for e in target.experts]
+    ess_hist, min_hist, n_res = [], [], []
+    for i in tqdm(range(len(ts) - 1), desc="fkc", disable=not progress, leave=False):
+        t, tn = ts[i], ts[i + 1]
+        with torch.no_grad():
+            preds = [e.predict(x, t) for e in target.experts]
+        x0_list, eps_list = [pr[0] for pr in preds], [pr[1] for pr in preds]
+        for k, e in enumerate(preds):
+            _check_finite_tree(e, f"expert {k}'s output", i, float(t))
+        reward_terms = None
+        grad_r = None
+        if betas is not None:
+            r, grad_r = _reward_and_grad(target.reward, x)
+            _check_finite_tree((r, grad_r), "the reward or its gradient", i, float(t))
+            reward_terms = (r, grad_r, float(betas[i]), float(betas[i + 1]))
+        if correct and _in_window(correction_window, float(t)):
+            inc = log_weight_increment(target, x, eps_list, t, tn, reward_terms)
+            _check_finite_tree(inc, "the log-weight increment", i, float(t))
+            state.reweight(inc)
+        e = ess(state.log_w)
+        ess_hist.append(float(e.mean()))
+        min_hist.append(float(e.min()))
+        resampled = torch.zeros(G, dtype=torch.bool)
+        if correct and _in_window(resample_window, float(t)):
+            # the step's model outputs travel with their particles: no second evaluation
+            carried = (x, x0_list, eps_list) if grad_r is None else (x, x0_list, eps_list, grad_r)
+            carried, state, resampled = maybe_resample(carried, state, step=i, threshold=threshold,
+                                                       scheme=scheme, generator=generator)
+            x, x0_list, eps_list = carried[:3]
+            grad_r = carried[3] if grad_r is not None else None
+        n_res.append(int(resampled.sum()))
+        beta_i = 0.0 if betas is None else float(betas[i])
+        x = _move(p, x, combined_eps(target, x0_list), combined_eps(target, eps_list), grad_r, beta_i, A,
+                  t, tn, eta, integrator, generator)
+        check_finite(x, i, "fkc")
+        if callback is not None:
+            callback(i, tn, x, state)
+    nfe = sum(e.nfe - n0 for e, n0 in zip(target.experts, nfe0))
+    min_ess = torch.tensor(min_hist, dtype=torch.float64)
+    if correct and warn_ess is not None and len(min_hist) and float(min_ess.min()) < warn_ess * N:
+        j = int(min_ess.argmin())
+        warnings.warn(f"FKC weight degeneracy: a group's ESS fell to {float(min_ess[j]):.1f} of {N} "
+                      f"particles at step {j} (t={float(ts[j]):.4g}); use more particles, more steps, "
+                      "or resample more often (higher threshold)", RuntimeWarning, stacklevel=2)
+    return FKCResult(x=x, log_w=state.log_w, log_z=state.log_normalizer(), ts=ts,
+                     ess=torch.tensor(ess_hist, dtype=torch.float64), min_ess=min_ess,
+                     resample_steps=list(state.resample_steps),
+                     num_resampled=torch.tensor(n_res), nfe=nfe, eta=eta)
+
+
+def _is_shape(obj) -> bool:
+    return isinstance(obj, (tuple, list)) and len(obj) > 0 and all(isinstance(v, int) for v in obj)
+
+
+def _initial_state(p, x_or_shape, N, A, generator, dtype, device):
+    """Particles from :math:`N(0, s^2/A)` (shape given) or the given state (checked)."""
+    if _is_shape(x_or_shape):
+        shape = tuple(x_or_shape)
+        if shape[0] < 1:
+            raise ValueError(f"x_or_shape: need at least one group, got shape {shape}")
+        if hasattr(p, "processes"):
+            raise TypeError("for a JointProcess pass the starting tuple state itself")
+        return p.prior_sample((shape[0] * N,) + shape[1:], generator, dtype, device) / math.sqrt(A)
+    if isinstance(x_or_shape, (torch.Tensor, tuple, list, dict)):
+        for leaf in tree_leaves(x_or_shape):
+            if not isinstance(leaf, torch.Tensor) or not leaf.is_floating_point():
+                raise TypeError("the starting state must be floating-point tensors")
+        return x_or_shape
+    raise TypeError(f"x_or_shape must be a shape tuple or a state, got {type(x_or_shape).__name__}")
+
+
+def _log_z_prior(p, x, A) -> float:
+    """:math:`\\log\\int N(x;0,s^2)^A dx = \\tfrac d2[(1-A)\\log(2\\pi s^2) - \\log A]` (start of log Z)."""
+    s2 = p.prior_std() ** 2
+    d = tree_numel_per_sample(x)
+    return 0.5 * d * ((1.0 - A) * math.log(2 * math.pi * s2) - math.log(A))
+
+
+def _phi(k: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """:math:`(e^{kh}-1)/k`, continuous at :math:`k = 0` (where it is :math:`h`)."""
+    small = k.abs() < 1e-12
+    return torch.where(small, h, torch.expm1(k * h) / torch.where(small, torch.ones_like(k), k))
+
+
+def _move(p, x, x0_bar, eps_bar, grad_r, beta, A, t, tn, eta, integrator, generator):
+    """One step of the :math:`\\eta`-SDE with drift :math:`c\\,g^2 S + \\tfrac\\eta2 g^2\\beta\\nabla r`,
+    :math:`c = \\tfrac{1+\\eta}{2}` (see :func:`sample_fkc` for the two integrators)."""
+    c = 0.5 * (1.0 + eta)
+    sig, alp = p.sigma(t), p.alpha(t)
+    z = p.noise_like(x, generator) if eta > 0 else tree_map(torch.zeros_like, x)
+    if integrator == "exponential":
+        if grad_r is not None:  # fold the reward drift into the frozen data prediction
+            x0_bar = tree_map(lambda m, gr, s, a: m + (eta / (2 * c)) * (s * s / a) * beta * gr.double(),
+                              x0_bar, grad_r, sig, alp)
+        h = tree_map(lambda a, b: b - a, p.lam(t), p.lam(tn))
+        ratio = tree_map(lambda a, b: (b - a).exp(), p.log_alpha(t), p.log_alpha(tn))
+        decay = tree_map(lambda hi: torch.exp(-2 * c * A * hi), h)
+        var = tree_map(lambda hi: 2 * eta * _phi(torch.as_tensor(2 - 4 * c * A, dtype=torch.float64), hi), h)
+        return tree_map(lambda xi, mi, zi, r, dk, an, sn, v: bcast(r * dk, xi) * xi
+                        + bcast(an * (1 - dk) / A, xi) * mi.to(xi.dtype)
+                        + bcast(sn * v.clamp_min(0).sqrt(), xi) * zi,
+                        x, x0_bar, z, ratio, decay, p.alpha(tn), p.sigma(tn), var)
+    if grad_r is None:
+        e_d = tree_map(lambda e: c * e, eps_bar)
+    else:
+        e_d = tree_map(lambda e, gr, s: c * e - 0.5 * eta * s * beta * gr.double(), eps_bar, grad_r, sig)
+    dt = tn - t
+    return tree_map(lambda xi, ei, zi, f, g2, s: xi + (bcast(f, xi) * xi + bcast(g2 / s, xi) * ei.to(xi.dtype))
+                    * dt.to(xi.dtype) + bcast((eta * g2 * -dt).sqrt(), xi) * zi,
+                    x, e_d, z, p.f(t), p.g2(t), sig)
+
+
+__all__ = ["Target", "anneal", "product", "guidance", "noise_level", "combined_eps",
+           "log_weight_increment", "sample_fkc", "FKCResult"]
