@@ -30,7 +30,7 @@ from .posteriors import gibbs_conditional, loo_from_denoiser, uniform_bridge
 from .processes import AbsorbingUniformProcess, MaskedProcess, UniformProcess, check_tokens
 
 __all__ = ["DiscreteSample", "sample_ancestral", "sample_first_hitting", "sample_remdm", "sample_uniform",
-           "sample_absorbing_uniform", "SAMPLERS", "get_discrete_sampler", "model_probs"]
+           "sample_absorbing_uniform", "gibbs_corrector", "SAMPLERS", "get_discrete_sampler", "model_probs"]
 
 
 @dataclass
@@ -248,6 +248,43 @@ def sample_remdm(model, process: MaskedProcess, shape=None, num_steps: int = 128
     return DiscreteSample(x, nfe, torch.full((B,), nfe, dtype=torch.long))
 
 
+def _uniform_loo(model, process, x, t, output, temperature=1.0, top_p=1.0):
+    """Leave-one-out posterior probabilities from a uniform-diffusion model at scalar time t."""
+    tb = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
+    p = torch.softmax(_call(model, x, process.vocab_size, tb).double(), -1)
+    if output == "denoiser":
+        p = loo_from_denoiser(p, x, process.alpha(tb))
+    if temperature != 1.0:
+        p = torch.softmax(apply_temperature(p.clamp_min(1e-300).log(), temperature), -1)
+    return top_p_filter(p, top_p)
+
+
+def gibbs_corrector(model, process: UniformProcess, x: torch.Tensor, t, num_steps: int = 1, *,
+                    generator: torch.Generator | None = None, output: str | None = None,
+                    temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+    """Random-scan Gibbs steps on :math:`p_t` (the informed corrector, Zhao et al. 2024).
+
+    Each step picks one site per sequence uniformly at random and redraws it from
+
+    .. math:: p_t(x^i = b \\mid x^{-i}) = \\alpha_t\\,p_\\theta(x_0^i = b \\mid x^{-i}) + (1-\\alpha_t)/V,
+
+    which leaves :math:`p_t` invariant when the leave-one-out posterior is exact. One model call
+    per step. Shapes: ``x (B, L) -> (B, L)``.
+    """
+    _check_process(process, UniformProcess)
+    output = output or getattr(model, "output", "loo")
+    x = check_tokens(x, process.vocab_size, "x").clone()
+    B, L = x.shape
+    a = process.alpha(torch.as_tensor(t, dtype=torch.float64).expand(B))
+    rows = torch.arange(B)
+    for _ in range(num_steps):
+        loo = _uniform_loo(model, process, x, t, output, temperature, top_p)
+        site = torch.randint(L, (B,), generator=generator)
+        cond = gibbs_conditional(loo[rows, site][:, None], a)[:, 0]
+        x[rows, site] = sample_categorical(cond, generator=generator, validate=False)
+    return x
+
+
 def sample_uniform(model, process: UniformProcess, shape=None, num_steps: int = 128, *,
                    generator: torch.Generator | None = None, x: torch.Tensor | None = None,
                    output: str | None = None, corrector_steps: int = 0, temperature: float = 1.0,
@@ -278,27 +315,17 @@ def sample_uniform(model, process: UniformProcess, shape=None, num_steps: int = 
     ts = _grid(num_steps)
     nfe = 0
 
-    def loo_at(x, t):
-        tb = t.expand(B)
-        p = torch.softmax(_call(model, x, V, tb).double(), -1)
-        if output == "denoiser":
-            p = loo_from_denoiser(p, x, process.alpha(tb))
-        return top_p_filter(torch.softmax(apply_temperature(p.clamp_min(1e-300).log(), temperature), -1), top_p)
-
     for k in tqdm(range(num_steps), disable=not progress, desc="uniform", leave=False):
         t, s = ts[k], ts[k + 1]
-        loo = loo_at(x, t)
+        loo = _uniform_loo(model, process, x, t, output, temperature, top_p)
         nfe += 1
-        tb = t.expand(B)
-        q = uniform_bridge(loo, x, process.alpha(tb), process.alpha(s.expand(B)))
+        B_ = x.shape[0]
+        q = uniform_bridge(loo, x, process.alpha(t.expand(B_)), process.alpha(s.expand(B_)))
         x = sample_categorical(q, generator=generator, validate=False)
-        if s > 0:
-            for _ in range(corrector_steps):
-                loo = loo_at(x, s)
-                nfe += 1
-                site = torch.randint(L, (B,), generator=generator)
-                cond = gibbs_conditional(loo[torch.arange(B), site][:, None], process.alpha(s.expand(B)))[:, 0]
-                x[torch.arange(B), site] = sample_categorical(cond, generator=generator, validate=False)
+        if s > 0 and corrector_steps:
+            x = gibbs_corrector(model, process, x, s, corrector_steps, generator=generator, output=output,
+                                temperature=temperature, top_p=top_p)
+            nfe += corrector_steps
     return DiscreteSample(x, nfe, torch.full((B,), nfe, dtype=torch.long))
 
 
