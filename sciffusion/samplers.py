@@ -380,7 +380,10 @@ def sample_dopri5(denoiser, x, ts, *, rtol: float = 1e-5, atol: float = 1e-5, ge
                                          f"{denoiser.nfe - n0}, t={float(t):.6g}")
         return tuple(v) if is_tuple else v
 
-    out = odeint(rhs, tuple(x) if is_tuple else x, ts, rtol=rtol, atol=atol, method="dopri5")
+    # step_t makes steps land on the grid: without it dopri5 steps past t_min and interpolates
+    # back, evaluating the model where alpha or sigma may vanish (t < 0 for VP).
+    out = odeint(rhs, tuple(x) if is_tuple else x, ts, rtol=rtol, atol=atol, method="dopri5",
+                 options={"step_t": ts})
     for i in range(len(ts) - 1):
         state = type(x)(o[i + 1] for o in out) if is_tuple else out[i + 1]
         _done(state, i, ts[i + 1], "dopri5", callback)
@@ -764,24 +767,18 @@ def sample(denoiser, x_or_shape: Any, *, sampler: str = "dpmpp_2m", num_steps: i
     if ts is None:
         ts = get_schedule(schedule)(p, num_steps)
     ts = check_ts(ts, p)
-    if isinstance(x_or_shape, torch.Tensor) or (isinstance(x_or_shape, (tuple, list, dict))
-                                                and x_or_shape and not isinstance(_first(x_or_shape), int)):
+    leaves = tree_leaves(x_or_shape)
+    if leaves and all(isinstance(leaf, torch.Tensor) for leaf in leaves):  # a state, not shapes
         x = x_or_shape
-        if isinstance(x, torch.Tensor) and x.dtype not in (torch.float16, torch.bfloat16, torch.float32,
-                                                           torch.float64):
-            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        for leaf in leaves:
+            if not leaf.is_floating_point():
+                raise TypeError(f"x must be a floating-point tensor, got {leaf.dtype}")
+    elif hasattr(p, "processes"):  # JointProcess: one shape per component
+        x = p.prior_sample(x_or_shape, generator, dtype, device)
     else:
-        if isinstance(p, type(p)) and hasattr(p, "processes"):
-            x = p.prior_sample(x_or_shape, generator, dtype, device)
-        else:
-            x = p.prior_sample(tuple(x_or_shape), generator, dtype, device)
+        x = p.prior_sample(tuple(x_or_shape), generator, dtype, device)
     if not info.tuple_states and not isinstance(x, torch.Tensor):
         raise TypeError(f"sampler {sampler!r} supports tensor states only; for tuple states use one of "
                         f"{sorted(k for k, v in SAMPLERS.items() if v.tuple_states)}")
     return fn(denoiser, x, ts, generator=generator, callback=callback, progress=progress, **options)
 
-
-def _first(tree):
-    if isinstance(tree, dict):
-        return next(iter(tree.values()))
-    return tree[0]
