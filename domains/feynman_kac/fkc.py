@@ -69,6 +69,7 @@ from sciffusion.utils import (batch_size, bcast, check_finite, tree_leaves, tree
 
 NOISE_PRESETS = ("target_score", "tempered")
 INTEGRATORS = ("exponential", "euler_maruyama")
+WEIGHT_RULES = ("left", "trapezoid")
 
 
 def _sum_per_sample(tree) -> torch.Tensor:
@@ -181,7 +182,7 @@ def combined_eps(target: Target, eps_list: Sequence[Any]) -> Any:
 
 
 def log_weight_increment(target: Target, x: Any, eps_list: Sequence[Any], t, t_next,
-                         reward_terms: tuple | None = None) -> torch.Tensor:
+                         reward_terms: tuple | None = None, t_eval=None) -> torch.Tensor:
     """FKC log-weight increment over one step :math:`t \\to t_{next}` (module docstring, :math:`\\Delta\\log w`).
 
     Args:
@@ -189,7 +190,10 @@ def log_weight_increment(target: Target, x: Any, eps_list: Sequence[Any], t, t_n
         x: particles at ``t`` (tensor or tuple/dict state).
         eps_list: each expert's :math:`\\varepsilon_k(x, t)`.
         t, t_next: the step's times (float64 scalars), ``t_next < t``.
-        reward_terms: ``(r, grad_r, beta_t, beta_next)`` for a tilted target, else ``None``.
+        reward_terms: ``(r, grad_r, beta_eval, beta_next - beta_t)`` for a tilted target, else
+            ``None`` (``beta_eval`` is :math:`\\beta` at the evaluation time).
+        t_eval: the time at which ``x`` and ``eps_list`` were evaluated (default ``t``; the
+            trapezoid rule also evaluates at ``t_next``).
 
     Returns:
         float64 ``(B,)``; it does not depend on the SDE's noise level :math:`\\eta`.
@@ -211,11 +215,11 @@ def log_weight_increment(target: Target, x: Any, eps_list: Sequence[Any], t, t_n
     const = sum(n * float(dla) for n, dla in zip(dims, tree_leaves(d_log_alpha)))
     inc = inc - (target.total - 1.0) * const
     if reward_terms is not None:
-        r, grad_r, beta_t, beta_next = reward_terms
-        sig = p.sigma(t)
+        r, grad_r, beta_t, d_beta = reward_terms
+        sig = p.sigma(t if t_eval is None else torch.as_tensor(t_eval, dtype=torch.float64))
         flow = tree_map(lambda xi, ei, dla, dl, s: xi.double() * dla - s * ei * dl, x, eps_bar,
                         d_log_alpha, d_lam, sig)
-        inc = inc + (beta_next - beta_t) * r.double() + beta_t * _sum_per_sample(
+        inc = inc + d_beta * r.double() + beta_t * _sum_per_sample(
             tree_map(lambda gi, fi: gi.double() * fi, grad_r, flow))
     return inc
 
@@ -336,7 +340,7 @@ class FKCResult:
 
 def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps: int = 200,
                schedule: str = "logsnr", ts: Any = None, noise: float | str = "target_score",
-               integrator: str = "exponential", correct: bool = True, threshold: float = 0.5,
+               integrator: str = "exponential", weight_rule: str = "left", correct: bool = True, threshold: float = 0.5,
                scheme: str = "systematic", resample_window: tuple | None = None,
                correction_window: tuple | None = None, warn_ess: float | None = 0.01,
                generator: torch.Generator | None = None, callback: Callable | None = None,
@@ -371,6 +375,8 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
         num_steps, schedule, ts: the time grid (as in :func:`sciffusion.samplers.sample`).
         noise: the SDE's :math:`\\eta`: ``"target_score"`` (1), ``"tempered"`` (:math:`1/A`) or a number.
         integrator: ``exponential`` or ``euler_maruyama``.
+        weight_rule: ``left`` (:math:`G` at the start of each step) or ``trapezoid`` (the mean of
+            both ends; reuses the next step's evaluation, one extra NFE at the end).
         correct: ``False`` runs the same SDE with no weights and no resampling (the uncorrected
             sampler, for comparison at equal NFE).
         threshold: resample a group when its ESS < ``threshold * N`` (1.0: every step; 0: never).
@@ -396,6 +402,8 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
         raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
     if integrator not in INTEGRATORS:
         raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}")
+    if weight_rule not in WEIGHT_RULES:
+        raise ValueError(f"weight_rule must be one of {WEIGHT_RULES}, got {weight_rule!r}")
     if warn_ess is not None and not 0 <= warn_ess <= 1:
         raise ValueError(f"warn_ess must lie in [0, 1] (a fraction of N), got {warn_ess}")
     resample_window = _check_window(resample_window, "resample_window")
@@ -425,14 +433,12 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
         x0_list, eps_list = [pr[0] for pr in preds], [pr[1] for pr in preds]
         for k, e in enumerate(preds):
             _check_finite_tree(e, f"expert {k}'s output", i, float(t))
-        reward_terms = None
-        grad_r = None
+        r = grad_r = None
         if betas is not None:
             r, grad_r = _reward_and_grad(target.reward, x)
             _check_finite_tree((r, grad_r), "the reward or its gradient", i, float(t))
-            reward_terms = (r, grad_r, float(betas[i]), float(betas[i + 1]))
         if correct and _in_window(correction_window, float(t)):
-            inc = log_weight_increment(target, x, eps_list, t, tn, reward_terms)
+            inc = _node_increment(target, x, eps_list, r, grad_r, betas, ts, i, weight_rule)
             _check_finite_tree(inc, "the log-weight increment", i, float(t))
             state.reweight(inc)
         e = ess(state.log_w)
@@ -453,6 +459,16 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
         check_finite(x, i, "fkc")
         if callback is not None:
             callback(i, tn, x, state)
+    n = len(ts) - 1
+    if correct and weight_rule == "trapezoid" and _in_window(correction_window, float(ts[n - 1])):
+        # close the last interval at t_min: one more evaluation of every expert
+        with torch.no_grad():
+            eps_list = [e.eps(x, ts[n]) for e in target.experts]
+        _check_finite_tree(eps_list, "an expert's output", n, float(ts[n]))
+        r = grad_r = None
+        if betas is not None:
+            r, grad_r = _reward_and_grad(target.reward, x)
+        state.reweight(_node_increment(target, x, eps_list, r, grad_r, betas, ts, n, weight_rule))
     nfe = sum(e.nfe - n0 for e, n0 in zip(target.experts, nfe0))
     min_ess = torch.tensor(min_hist, dtype=torch.float64)
     if correct and warn_ess is not None and len(min_hist) and float(min_ess.min()) < warn_ess * N:
@@ -464,6 +480,28 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
                      ess=torch.tensor(ess_hist, dtype=torch.float64), min_ess=min_ess,
                      resample_steps=list(state.resample_steps),
                      num_resampled=torch.tensor(n_res), nfe=nfe, eta=eta)
+
+
+def _node_increment(target, x, eps_list, r, grad_r, betas, ts, i, rule):
+    """:math:`\\Delta\\log w` contributed by the evaluation at node ``i`` (time ``ts[i]``).
+
+    ``left``: the whole interval :math:`[t_i, t_{i+1}]`. ``trapezoid``: half of each neighbouring
+    interval, so every interval gets the mean of its two end values (second order in the step
+    for the weight integral; the last node costs one extra model evaluation)."""
+    n = len(ts) - 1
+
+    def piece(a, b, w):
+        rt = None if r is None else (r, grad_r, float(betas[i]), float(betas[b] - betas[a]))
+        return w * log_weight_increment(target, x, eps_list, ts[a], ts[b], rt, t_eval=ts[i])
+
+    if rule == "left":
+        return piece(i, i + 1, 1.0)
+    inc = 0.0
+    if i < n:
+        inc = inc + piece(i, i + 1, 0.5)
+    if i > 0:
+        inc = inc + piece(i - 1, i, 0.5)
+    return inc
 
 
 def _is_shape(obj) -> bool:
