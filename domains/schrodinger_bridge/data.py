@@ -12,7 +12,6 @@ the coordinates in ``.obsm[embedding]`` (:func:`from_anndata`). Outputs: :func:`
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -228,5 +227,4 @@ def to_anndata(xs, times, *, time_key: str = "time", embedding: str = "X_bridge"
     return ad
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
+
