@@ -66,9 +66,18 @@ class Denoiser:
             t = t.expand(batch_size(x))
         return t.to(leaf.dtype)
 
-    def _coeffs(self, t):
+    def _coeffs(self, t, derivatives: bool = True):
         p = self.process
-        return p.alpha(t), p.sigma(t), p.d_alpha(t), p.d_sigma(t)
+        a, s = p.alpha(t), p.sigma(t)
+        if not derivatives:
+            # placeholders of the right tree structure: only ``velocity`` reads da, ds
+            return a, s, a, s
+        return a, s, p.d_alpha(t), p.d_sigma(t)
+
+    def _needs_derivatives(self) -> bool:
+        names = self.parameterization
+        names = names.values() if isinstance(names, dict) else ([names] if isinstance(names, str) else names)
+        return "velocity" in names
 
     def _param_tree(self, x):
         if isinstance(x, torch.Tensor) or not isinstance(self.parameterization, str):
@@ -80,7 +89,7 @@ class Denoiser:
         t64 = torch.as_tensor(t, dtype=torch.float64)
         out = self.model(x, self._time(x, t))
         self.nfe += 1
-        a, s, da, ds = self._coeffs(t64)
+        a, s, da, ds = self._coeffs(t64, self._needs_derivatives())
         pairs = tree_map(_to_x0_eps, self._param_tree(x), x, out, a, s, da, ds)
         return _unzip(pairs, x)
 
@@ -101,7 +110,7 @@ class Denoiser:
     def v(self, x: Any, t: Any) -> Any:
         """:math:`v = \\alpha_t\\varepsilon - \\sigma_t x_0` (Salimans & Ho 2022)."""
         x0, eps = self.predict(x, t)
-        a, s, _, _ = self._coeffs(torch.as_tensor(t, dtype=torch.float64))
+        a, s, _, _ = self._coeffs(torch.as_tensor(t, dtype=torch.float64), derivatives=False)
         return tree_map(lambda x0i, ei, ai, si: bcast(ai, ei) * ei - bcast(si, ei) * x0i, x0, eps, a, s)
 
     def velocity(self, x: Any, t: Any) -> Any:

@@ -163,7 +163,8 @@ class VP(Process):
         return self.beta_min + as_time(t) * (self.beta_max - self.beta_min)
 
     def _log_alpha(self, t):
-        return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)
+        # -(b0 t + (b1 - b0) t^2 / 2) / 2, written with two tensor ops (it runs several times a step)
+        return t * (-0.5 * self.beta_min - 0.25 * (self.beta_max - self.beta_min) * t)
 
     def _log_sigma(self, t):
         return 0.5 * torch.log(-torch.expm1(2 * self._log_alpha(t)))

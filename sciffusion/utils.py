@@ -84,6 +84,11 @@ def tree_numel_per_sample(x: State) -> int:
 def check_finite(x: State, step: int, where: str) -> None:
     """Raise ``FloatingPointError`` naming the step at which a NaN or infinity appeared."""
     for leaf in tree_leaves(x):
+        # A sum is finite iff every entry is (a NaN or inf propagates), barring overflow of the
+        # sum itself, which the full check below clears: one reduction instead of a bool copy,
+        # several times cheaper on large states, and this runs after every sampler step.
+        if leaf.is_floating_point() and torch.isfinite(leaf.sum()):
+            continue
         if not torch.isfinite(leaf).all():
             bad = (~torch.isfinite(leaf)).sum().item()
             raise FloatingPointError(
