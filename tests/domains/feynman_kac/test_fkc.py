@@ -269,19 +269,6 @@ def test_reward_tilt_of_a_gaussian():
 # diagnostics and bad input
 # ------------------------------------------------------------------------------------------------
 
-def test_diagnostics_figure_and_degeneracy_warning():
-    q = q_left_right()
-    target = anneal(q.denoiser(VP()), 3.0)
-    with pytest.warns(RuntimeWarning, match="degeneracy"):
-        res = sample_fkc(target, (2, 1), num_particles=64, num_steps=50, threshold=0.0, noise=1.0,
-                         warn_ess=0.2, generator=torch.Generator().manual_seed(0))
-    assert res.ess.shape == (50,) and float(res.min_ess.min()) < 0.2 * 64
-    fig = res.plot_diagnostics()
-    assert len(fig.axes) == 2
-    assert res.samples(torch.Generator().manual_seed(0)).shape == (2, 1)
-    assert res.resampled(generator=torch.Generator().manual_seed(0)).shape == (128, 1)
-
-
 def test_bad_input_is_rejected():
     q = q_left_right()
     den = q.denoiser(VP())
@@ -319,3 +306,32 @@ def test_nan_weights_are_reported_with_the_step():
     target = anneal(Denoiser(broken, process, "eps"), 2.0)
     with pytest.raises(FloatingPointError, match="step"):
         sample_fkc(target, (1, 1), num_particles=8, num_steps=20, generator=torch.Generator().manual_seed(0))
+
+
+# ------------------------------------------------------------------------------------------------
+# a learned score
+# ------------------------------------------------------------------------------------------------
+
+def test_fkc_annealing_with_a_learned_score_moves_mode_masses_to_the_target():
+    """An MLP trained for 1500 DSM steps (~13 s on one core) on 20k samples of q. The learned
+    base sampler's left mass is ~0.5, the uncorrected annealed SDE stays near 0.62, FKC lands
+    near 0.917 (measured 0.919). Asserted: FKC within 0.05 of the exact mass (the learned score's
+    own error is part of the budget) and at least 4x closer than the uncorrected sampler."""
+    from sciffusion import Denoiser
+    from sciffusion.losses import dsm_loss
+    from sciffusion.nn import MLP
+    from sciffusion.training import fit
+
+    torch.manual_seed(0)  # the MLP's initial weights
+    q, process = q_left_right(), VP()
+    data = q.sample(20000, torch.Generator().manual_seed(0)).float()
+    fitted = fit(MLP(1, hidden=64, depth=2), lambda m, x, g: dsm_loss(m, x, process, generator=g), data,
+                 steps=1500, batch_size=256, lr=3e-3, ema_decay=0.99, progress=False)
+    target = anneal(Denoiser(fitted.ema, process, "eps"), 3.0)
+    kw = dict(num_particles=2048, num_steps=200, generator=torch.Generator().manual_seed(1), warn_ess=None)
+    fkc = sample_fkc(target, (1, 1), noise=3.0, **kw)
+    unc = sample_fkc(target, (1, 1), noise="target_score", correct=False, **kw)
+    exact = 0.9175
+    m_fkc, m_unc = left_mass(fkc), left_mass(unc)
+    assert abs(m_fkc - exact) < 0.05
+    assert abs(m_fkc - exact) * 4 < abs(m_unc - exact)
