@@ -21,6 +21,7 @@ dpm_solver_2       2      2         no          no      DPM-Solver-2 singlestep,
 dpm_solver_3       3      3         no          no      DPM-Solver-3 singlestep, r1 = 1/3, r2 = 2/3
 dpmpp_2m           2      1         no          no      DPM-Solver++(2M), x0 prediction, multistep
 dpmpp_2m_sde       1      1         yes         no      SDE-DPM-Solver++(2M) (weak order)
+dpmpp_3m           3      1 (+2)    no          no      DPM-Solver++ 3rd-order multistep, derived here
 unipc              3      1         no          no      UniPC, predictor order 2 (default) + UniC
 unipc_1            2      1         no          no      UniP-1 + UniC-1
 unipc_2            3      1         no          no      UniP-2 + UniC-2
@@ -32,8 +33,8 @@ deis_3             3      1         no          no
 
 (The table is checked against :data:`SAMPLERS` by the tests.) NFE rule: every fixed-grid
 sampler makes exactly ``num_steps * nfe_per_step + extra_nfe`` model calls (``num_steps =
-len(ts) - 1``, :meth:`SamplerInfo.nfe`); ``extra_nfe`` is 0 except deis_3 (2: its first step is
-DPM-Solver-3). Multistep methods never evaluate the model at the last time; dpmpp_2m, unipc and
+len(ts) - 1``, :meth:`SamplerInfo.nfe`); ``extra_nfe`` is 0 except deis_3 and dpmpp_3m (2: their first
+step is a third-order singlestep). Multistep methods never evaluate the model at the last time; dpmpp_2m, unipc and
 deis_2 warm up with lower orders, whose start-up error still fits their declared order. ``dopri5`` reports its count in ``denoiser.nfe``.
 
 **Exponential integrators.** With :math:`h = \\lambda_t - \\lambda_s > 0` (a step towards the data)
@@ -69,7 +70,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -191,7 +192,7 @@ def phi(k: int, z: float) -> float:
 def ei_weights(r: Sequence[float], h: float, c: float) -> torch.Tensor:
     """Weights of exponential quadrature on ``[0, h]`` with nodes ``r_j * h``.
 
-    Returns ``w`` (float64, one per node) with
+    Returns ``w`` (float64 numpy array, one per node) with
     :math:`\\int_0^h e^{c(h-u)}P(u)\\,du = \\sum_j w_j P(r_j h)` exactly for every polynomial
     :math:`P` of degree ``< len(r)``: the Lagrange basis integrated in closed form through the
     moments :math:`\\int_0^h e^{c(h-u)}(u/h)^k du = k!\\,h\\,\\varphi_{k+1}(ch)`.
@@ -203,36 +204,67 @@ def ei_weights(r: Sequence[float], h: float, c: float) -> torch.Tensor:
         raise ValueError(f"ei_weights: nodes must be distinct, got {r.tolist()}")
     mom = np.array([math.factorial(k) * h * phi(k + 1, c * h) for k in range(n)])
     vander = r[None, :] ** np.arange(n)[:, None]  # [k, j] = r_j^k
-    return torch.from_numpy(np.linalg.solve(vander, mom))
+    return np.linalg.solve(vander, mom)
 
 
-def _ratio(p, log_fn, t, s):
-    """``exp(log_fn(t) - log_fn(s))``: a ratio of alphas or sigmas without under/overflow."""
-    return torch.exp(log_fn(t) - log_fn(s))
+class _Node(NamedTuple):
+    """A time with its log-coefficients as Python floats (float64): computed once per grid
+    point, so the per-step arithmetic is scalar and does not call the process again."""
+
+    t: torch.Tensor  # 0-d float64, passed to the model
+    la: float  # log alpha_t
+    ls: float  # log sigma_t
+
+    @property
+    def lam(self) -> float:
+        return self.la - self.ls
 
 
-def _combine(x, scale, terms):
-    """``scale * x + sum_j c_j * v_j`` with float64 coefficients cast once to the state's dtype."""
-    out = bcast(scale, x) * x
+def _grid_nodes(p, ts) -> list:
+    la, ls = p.log_alpha(ts).tolist(), p.log_sigma(ts).tolist()
+    return [_Node(ts[i], la[i], ls[i]) for i in range(len(ts))]
+
+
+def _node_at_lam(p, lam: float) -> _Node:
+    t = p.t_of_lam(torch.tensor(lam, dtype=torch.float64))
+    return _Node(t, float(p.log_alpha(t)), float(p.log_sigma(t)))
+
+
+def _combine(x, scale: float, terms):
+    """``scale * x + sum_j c_j * v_j`` with float64 scalar coefficients."""
+    out = x * scale
     for c, v in terms:
-        out = out + bcast(c, v) * v
+        out = out + float(c) * v
     return out
 
 
-def _eps_update(p, x, s, t, r, eps):
+def _eps_update(x, s: _Node, t: _Node, r, eps):
     """Noise-prediction exponential step s -> t with the eps interpolant through nodes ``r``."""
-    h = p.lam(t) - p.lam(s)
-    w = ei_weights(r, h, 1.0)
-    sig = p.sigma(t)
-    return _combine(x, _ratio(p, p.log_alpha, t, s), [(-sig * wj, e) for wj, e in zip(w, eps)])
+    w = ei_weights(r, t.lam - s.lam, 1.0)
+    sig = math.exp(t.ls)
+    return _combine(x, math.exp(t.la - s.la), [(-sig * wj, e) for wj, e in zip(w, eps)])
 
 
-def _x0_update(p, x, s, t, r, x0s):
+def _x0_update(x, s: _Node, t: _Node, r, x0s):
     """Data-prediction exponential step s -> t with the x0 interpolant through nodes ``r``."""
-    h = p.lam(t) - p.lam(s)
-    w = ei_weights(r, h, -1.0)
-    a = p.alpha(t)
-    return _combine(x, _ratio(p, p.log_sigma, t, s), [(a * wj, m) for wj, m in zip(w, x0s)])
+    w = ei_weights(r, t.lam - s.lam, -1.0)
+    a = math.exp(t.la)
+    return _combine(x, math.exp(t.ls - s.ls), [(a * wj, m) for wj, m in zip(w, x0s)])
+
+
+def _start3(p, x, s: _Node, t: _Node, predict, update):
+    """First step of a third-order multistep method, singlestep with nodes 0, 1/3, 2/3 of h.
+
+    Same structure as DPM-Solver-3 (see :func:`sample_dpm_solver_3` for why r2 = 2/3): local
+    error O(h^4), 3 model calls. Returns the new state and the two predictions worth keeping
+    as history, ``(node, prediction)`` at r2 (error O(h^3)) and at 0.
+    """
+    h = t.lam - s.lam
+    s1, s2 = _node_at_lam(p, s.lam + h / 3), _node_at_lam(p, s.lam + 2 * h / 3)
+    v0 = predict(x, s.t)
+    v1 = predict(update(x, s, s1, [0.0], [v0]), s1.t)
+    v2 = predict(update(x, s, s2, [0.0, 0.5], [v0, v1]), s2.t)
+    return update(x, s, t, [0.0, 2 / 3], [v0, v2]), [(s2, v2), (s, v0)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,23 +460,24 @@ def _dpm_singlestep(denoiser, x, ts, order, r1, r2, name, callback, progress):
         raise ValueError(f"{name}: need 0 < r1 < r2 < 1, got r1={r1}, r2={r2}")
     p = denoiser.process
     ts = check_ts(ts, p)
+    nodes = _grid_nodes(p, ts)
     for i in _steps(ts, progress, name):
-        s, t = ts[i], ts[i + 1]
-        ls, h = p.lam(s), p.lam(t) - p.lam(s)
-        e0 = denoiser.eps(x, s)
+        s, t = nodes[i], nodes[i + 1]
+        h = t.lam - s.lam
+        e0 = denoiser.eps(x, s.t)
         if order == 1:
             r, es = [0.0], [e0]
         elif order == 2:
-            s1 = p.t_of_lam(ls + r1 * h)
-            e1 = denoiser.eps(_eps_update(p, x, s, s1, [0.0], [e0]), s1)
+            s1 = _node_at_lam(p, s.lam + r1 * h)
+            e1 = denoiser.eps(_eps_update(x, s, s1, [0.0], [e0]), s1.t)
             r, es = [0.0, r1], [e0, e1]
         else:
-            s1, s2 = p.t_of_lam(ls + r1 * h), p.t_of_lam(ls + r2 * h)
-            e1 = denoiser.eps(_eps_update(p, x, s, s1, [0.0], [e0]), s1)
-            e2 = denoiser.eps(_eps_update(p, x, s, s2, [0.0, r1 / r2], [e0, e1]), s2)
+            s1, s2 = _node_at_lam(p, s.lam + r1 * h), _node_at_lam(p, s.lam + r2 * h)
+            e1 = denoiser.eps(_eps_update(x, s, s1, [0.0], [e0]), s1.t)
+            e2 = denoiser.eps(_eps_update(x, s, s2, [0.0, r1 / r2], [e0, e1]), s2.t)
             r, es = [0.0, r2], [e0, e2]
-        x = _eps_update(p, x, s, t, r, es)
-        _done(x, i, t, name, callback)
+        x = _eps_update(x, s, t, r, es)
+        _done(x, i, t.t, name, callback)
     return x
 
 
@@ -511,15 +544,16 @@ def sample_dpmpp_2m(denoiser, x, ts, *, generator=None, callback=None, progress=
     _tensor_state(x, "dpmpp_2m")
     p = denoiser.process
     ts = check_ts(ts, p)
+    nodes = _grid_nodes(p, ts)
     prev = None
     for i in _steps(ts, progress, "dpmpp_2m"):
-        s, t = ts[i], ts[i + 1]
-        ls, h = p.lam(s), p.lam(t) - p.lam(s)
-        m = denoiser.x0(x, s)
-        r, ms = ([0.0], [m]) if prev is None else ([0.0, float((prev[0] - ls) / h)], [m, prev[1]])
-        x = _x0_update(p, x, s, t, r, ms)
-        prev = (ls, m)
-        _done(x, i, t, "dpmpp_2m", callback)
+        s, t = nodes[i], nodes[i + 1]
+        h = t.lam - s.lam
+        m = denoiser.x0(x, s.t)
+        r, ms = ([0.0], [m]) if prev is None else ([0.0, (prev[0] - s.lam) / h], [m, prev[1]])
+        x = _x0_update(x, s, t, r, ms)
+        prev = (s.lam, m)
+        _done(x, i, t.t, "dpmpp_2m", callback)
     return x
 
 
@@ -541,25 +575,59 @@ def sample_dpmpp_2m_sde(denoiser, x, ts, *, generator=None, callback=None, progr
     _tensor_state(x, "dpmpp_2m_sde")
     p = denoiser.process
     ts = check_ts(ts, p)
+    nodes = _grid_nodes(p, ts)
     prev = None
     for i in _steps(ts, progress, "dpmpp_2m_sde"):
-        s, t = ts[i], ts[i + 1]
-        ls, h = p.lam(s), p.lam(t) - p.lam(s)
-        m = denoiser.x0(x, s)
-        r, ms = ([0.0], [m]) if prev is None else ([0.0, float((prev[0] - ls) / h)], [m, prev[1]])
+        s, t = nodes[i], nodes[i + 1]
+        h = t.lam - s.lam
+        m = denoiser.x0(x, s.t)
+        r, ms = ([0.0], [m]) if prev is None else ([0.0, (prev[0] - s.lam) / h], [m, prev[1]])
         w = ei_weights(r, h, -2.0)
         z = _noise(p, x, generator)
-        a, sig = p.alpha(t), p.sigma(t)
-        x = _combine(x, _ratio(p, p.log_sigma, t, s) * torch.exp(-h),
-                     [(2 * a * wj, mj) for wj, mj in zip(w, ms)] + [(sig * torch.sqrt(-torch.expm1(-2 * h)), z)])
-        prev = (ls, m)
-        _done(x, i, t, "dpmpp_2m_sde", callback)
+        a, sig = math.exp(t.la), math.exp(t.ls)
+        x = _combine(x, math.exp(t.ls - s.ls - h),
+                     [(2 * a * wj, mj) for wj, mj in zip(w, ms)] + [(sig * math.sqrt(-math.expm1(-2 * h)), z)])
+        prev = (s.lam, m)
+        _done(x, i, t.t, "dpmpp_2m_sde", callback)
+    return x
+
+
+@register("dpmpp_3m", order=3, nfe_per_step=1, extra_nfe=2)
+def sample_dpmpp_3m(denoiser, x, ts, *, generator=None, callback=None, progress=False):
+    """Third-order multistep DPM-Solver++ in data prediction, derived here (not Lu et al.'s 3M).
+
+    Step i integrates the quadratic through the last three predictions exactly (``c=-1``):
+
+    .. math:: x_{i+1} = \\frac{\\sigma_{i+1}}{\\sigma_i}x_i + \\alpha_{i+1}\\sum_{j=0}^{2} w_j\\,\\hat x_0^{(i-j)},\\qquad
+              \\sum_j w_j r_j^k = k!\\,h_i\\,\\varphi_{k+1}(-h_i),\\ r_j = (\\lambda_{i-j}-\\lambda_i)/h_i,
+
+    local error :math:`O(h^4)`. Start-up is what makes it third order: a first-order first step
+    (local :math:`O(h^2)`) would cap the global order at 2 however accurate the later steps
+    (the usual 3M update measures order 2 on exact tests). So the first step is a third-order
+    singlestep (:func:`_start3`, 2 extra calls: NFE = ``num_steps + 2``) whose :math:`r_2 = 2/3` node
+    (error :math:`O(h^3)`) is the third point of the second step. The order test proves 3.
+    """
+    _tensor_state(x, "dpmpp_3m")
+    p = denoiser.process
+    ts = check_ts(ts, p)
+    nodes = _grid_nodes(p, ts)
+    hist: list = []  # (lambda, x0), newest first
+    for i in _steps(ts, progress, "dpmpp_3m"):
+        s, t = nodes[i], nodes[i + 1]
+        if i == 0:
+            x, start = _start3(p, x, s, t, denoiser.x0, _x0_update)
+            hist = [(nj.lam, mj) for nj, mj in start]
+        else:
+            h = t.lam - s.lam
+            hist = ([(s.lam, denoiser.x0(x, s.t))] + hist)[:3]
+            x = _x0_update(x, s, t, [(lj - s.lam) / h for lj, _ in hist], [mj for _, mj in hist])
+        _done(x, i, t.t, "dpmpp_3m", callback)
     return x
 
 
 # --- UniPC ------------------------------------------------------------------------------------
 
-def _unipc_update(p, x, s, t, m0, others, variant):
+def _unipc_update(x, s: _Node, t: _Node, m0, others, variant):
     """UniP / UniC step s -> t (Zhao et al. 2023, Alg. 1/2 with data prediction).
 
     ``others`` are ``(lambda_k, x0_k)`` besides ``m0`` (at ``s``); with :math:`r_k = (\\lambda_k-\\lambda_s)/h`,
@@ -574,23 +642,23 @@ def _unipc_update(p, x, s, t, m0, others, variant):
     :math:`B` cancels). For :math:`K=1` the paper takes :math:`a_1 = 1/2`, the :math:`h\\to0` limit of the
     solution, which keeps the order and is where ``B(h) = h`` (``bh1``) and ``expm1(h)`` (``bh2``) differ.
     """
-    h = p.lam(t) - p.lam(s)
+    h = t.lam - s.lam
     hh = -h
-    B = hh if variant == "bh1" else torch.expm1(hh)
-    terms = [(-p.alpha(t) * torch.expm1(hh), m0)]
+    B = hh if variant == "bh1" else math.expm1(hh)
+    a_t = math.exp(t.la)
+    terms = [(-a_t * math.expm1(hh), m0)]
     if others:
-        r = torch.stack([(lk - p.lam(s)) / h for lk, _ in others])
+        r = np.array([(lk - s.lam) / h for lk, _ in others])
         K = len(others)
         if K == 1:
-            a = torch.full((1,), 0.5, dtype=torch.float64)
+            a = np.array([0.5])
         else:
-            R = r[None, :] ** torch.arange(K, dtype=torch.float64)[:, None]
-            b = torch.tensor([math.factorial(n) * float(hh) * phi(n + 1, hh) / float(B) for n in range(1, K + 1)],
-                             dtype=torch.float64)
-            a = torch.linalg.solve(R, b)
+            R = r[None, :] ** np.arange(K)[:, None]
+            b = np.array([math.factorial(n) * hh * phi(n + 1, hh) / B for n in range(1, K + 1)])
+            a = np.linalg.solve(R, b)
         for ak, rk, (_, mk) in zip(a, r, others):
-            terms.append((-p.alpha(t) * B * ak / rk, mk - m0))
-    return _combine(x, _ratio(p, p.log_sigma, t, s), terms)
+            terms.append((-a_t * B * ak / rk, mk - m0))
+    return _combine(x, math.exp(t.ls - s.ls), terms)
 
 
 @register("unipc", order=3, nfe_per_step=1)
@@ -618,17 +686,17 @@ def sample_unipc(denoiser, x, ts, *, order: int = 2, variant: str = "bh2", gener
     _tensor_state(x, "unipc")
     p = denoiser.process
     ts = check_ts(ts, p)
+    nodes = _grid_nodes(p, ts)
     hist: list = []  # (lambda, x0) newest last, the nodes of the last predictor
     x_prev = None
     for i in _steps(ts, progress, "unipc"):
-        s = ts[i]
-        ls = p.lam(s)
-        m = denoiser.x0(x, s)
+        s = nodes[i]
+        m = denoiser.x0(x, s.t)
         if i > 0:  # UniC on the previous step, with the new prediction as the extra node
-            x = _unipc_update(p, x_prev, ts[i - 1], s, hist[-1][1], hist[-2::-1] + [(ls, m)], variant)
-        hist = (hist + [(ls, m)])[-order:]
+            x = _unipc_update(x_prev, nodes[i - 1], s, hist[-1][1], hist[-2::-1] + [(s.lam, m)], variant)
+        hist = (hist + [(s.lam, m)])[-order:]
         x_prev = x
-        x = _unipc_update(p, x, s, ts[i + 1], m, hist[-2::-1], variant)
+        x = _unipc_update(x, s, nodes[i + 1], m, hist[-2::-1], variant)
         _done(x, i, ts[i + 1], "unipc", callback)
     return x
 
@@ -671,35 +739,30 @@ def _lagrange_integrals(v: Sequence[float]) -> torch.Tensor:
             if m != j:
                 L = L * (_GL_NODES - v[m]) / (v[j] - v[m])
         out.append(float((_GL_WEIGHTS * L).sum()))
-    return torch.tensor(out, dtype=torch.float64)
+    return np.array(out)
 
 
 def _deis(denoiser, x, ts, order, name, callback, progress):
     _tensor_state(x, name)
     p = denoiser.process
     ts = check_ts(ts, p)
+    nodes = _grid_nodes(p, ts)
     hist: list = []  # (rho, eps), newest first
     for i in _steps(ts, progress, name):
-        s, t = ts[i], ts[i + 1]
-        rho_s, rho_t = torch.exp(-p.lam(s)), torch.exp(-p.lam(t))
-        e = denoiser.eps(x, s)
+        s, t = nodes[i], nodes[i + 1]
         if order == 3 and i == 0:
-            # Starting procedure: an AB1 first step (local O(h^2)) would cap the global order at 2,
-            # so the first step is DPM-Solver-3 (local O(h^4), 2 extra calls), and its node at
-            # r2 = 2/3 (eps error O(h^3)) serves as history for the second step.
-            ls, h = p.lam(s), p.lam(t) - p.lam(s)
-            s1, s2 = p.t_of_lam(ls + h / 3), p.t_of_lam(ls + 2 * h / 3)
-            e1 = denoiser.eps(_eps_update(p, x, s, s1, [0.0], [e]), s1)
-            e2 = denoiser.eps(_eps_update(p, x, s, s2, [0.0, 0.5], [e, e1]), s2)
-            x = _eps_update(p, x, s, t, [0.0, 2 / 3], [e, e2])
-            hist = [(torch.exp(-p.lam(s2)), e2), (rho_s, e)]
+            # An AB1 first step (local O(h^2)) would cap the global order at 2: start with a
+            # third-order singlestep (2 extra calls) whose r2 node serves as history.
+            x, start = _start3(p, x, s, t, denoiser.eps, _eps_update)
+            hist = [(math.exp(-nj.lam), ej) for nj, ej in start]
         else:
-            hist = ([(rho_s, e)] + hist)[:order]
+            rho_s, rho_t = math.exp(-s.lam), math.exp(-t.lam)
+            hist = ([(rho_s, denoiser.eps(x, s.t))] + hist)[:order]
             d = rho_t - rho_s
-            w = d * _lagrange_integrals([float((rj - rho_s) / d) for rj, _ in hist])
-            a_t = p.alpha(t)
-            x = _combine(x, _ratio(p, p.log_alpha, t, s), [(a_t * wj, ej) for wj, (_, ej) in zip(w, hist)])
-        _done(x, i, t, name, callback)
+            w = d * _lagrange_integrals([(rj - rho_s) / d for rj, _ in hist])
+            a_t = math.exp(t.la)
+            x = _combine(x, math.exp(t.la - s.la), [(a_t * wj, ej) for wj, (_, ej) in zip(w, hist)])
+        _done(x, i, t.t, name, callback)
     return x
 
 
