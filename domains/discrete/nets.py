@@ -58,6 +58,8 @@ class _Wrapper(nn.Module):
 
     def forward(self, x, *args):
         if self.kind == "masked":
+            if args:
+                raise TypeError("a masked-diffusion model takes x_t only: it is time-free (model(x_t))")
             return self.body(self._ids(x, None), None)
         if self.kind == "uniform":
             (t,) = args
