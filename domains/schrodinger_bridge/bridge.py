@@ -48,7 +48,7 @@ def couple(snapshots: Snapshots, reference: Reference, *, max_step: float = 0.05
     plans, infos = [], []
     for k in range(len(snapshots) - 1):
         t0, t1 = float(snapshots.times[k]), float(snapshots.times[k + 1])
-        cost = -reference.log_transition(snapshots.xs[k], snapshots.xs[k + 1], t0, t1, max_step)
+        cost = -reference.log_transition(snapshots.xs[k], snapshots.xs[k + 1], t0, t1, max_step).detach()
         ws = warmstarts[k] if warmstarts is not None else None
         plan, info = entropic_plan(cost, num_iters=sinkhorn_iters, warmstart=ws)
         plans.append(plan)
@@ -226,11 +226,13 @@ def bootstrap(snapshots: Snapshots, fit: BridgeFit, *, num_boot: int = 20, itera
     """Percentile bootstrap intervals for the reference parameters.
 
     Each replicate resamples every snapshot with replacement and reruns :func:`fit_bridge`
-    from the fitted reference (no warm-up, ``iterations`` passes).
+    from the fitted reference (no warm-up, ``iterations`` passes, so ``iterations - 1`` refits).
 
     Returns:
         ``{"estimate", "lower", "upper", "samples"}`` as float64 tensors over ``fit.reference.vector()``.
     """
+    if iterations < 2:
+        raise ValueError(f"iterations must be >= 2 (one refit at least), got {iterations}")
     if num_boot < 2:
         raise ValueError(f"num_boot must be >= 2, got {num_boot}")
     if not 0 < level < 1:

@@ -1,0 +1,120 @@
+"""Iterative reference refinement on known-parameter SDEs (small versions of the benchmark)."""
+
+import pytest
+import torch
+
+from sciffusion.domains.schrodinger_bridge import (Brownian, GradientPotential, Linear, LotkaVolterra,
+                                                   as_snapshots, bootstrap, fit_bridge)
+from sciffusion.testing import w1_exact
+
+F64 = torch.float64
+A_ROT = torch.tensor([[-0.5, -1.0], [1.0, -0.5]], dtype=F64)
+TIMES = torch.arange(9, dtype=F64)
+
+
+def _populations(truth, m0, s0, n, seed, sim_step):
+    """Two independent populations observed at t = 0..8 (the second scores held-out times)."""
+    g = torch.Generator().manual_seed(seed)
+    draw = lambda: truth.simulate(torch.tensor(m0, dtype=F64) + s0 * torch.randn(n, 2, generator=g, dtype=F64),  # noqa: E731
+                                  TIMES, generator=g, max_step=sim_step)
+    return draw(), draw(), g
+
+
+@pytest.fixture(scope="module")
+def ou_data():
+    return _populations(Linear(A_ROT, sigma=0.2), (2.0, 0.0), 0.2, 300, 0, 0.01)
+
+
+def _held_out_w1(res, P, Q, g):
+    held = [1.0, 3.0, 5.0, 7.0]
+    preds = res.predict(held, generator=g)
+    return ([w1_exact(p, Q[:, int(t)]) for p, t in zip(preds, held)],
+            [w1_exact(P[:, int(t)], Q[:, int(t)]) for t in held])
+
+
+def test_rotating_ou_refined_vs_vanilla(ou_data):
+    # Issue figures at n = 300 per snapshot (benchmark: 1000): fitted A within 5% relative, held-out W1
+    # within 1.25x of the two-sample floor (time-averaged; the worst single time within 1.5x at this
+    # small n, whose floor itself fluctuates ~15%), vanilla Brownian SB at least 2x worse.
+    P, Q, g = ou_data
+    train = as_snapshots([P[:, k] for k in range(0, 9, 2)], TIMES[::2])
+    res = fit_bridge(train, Linear(torch.zeros(2, 2), sigma=0.2), iterations=5, generator=g, max_step=0.1)
+    rel = float((res.reference.A - A_ROT).norm() / A_ROT.norm())
+    assert rel <= 0.05, res.reference
+    w1, floor = _held_out_w1(res, P, Q, g)
+    ratios = [a / b for a, b in zip(w1, floor)]
+    assert sum(ratios) / 4 <= 1.25 and max(ratios) <= 1.5, ratios
+    van = fit_bridge(train, Brownian(0.2), iterations=1, generator=g, max_step=0.1)
+    w1_van, _ = _held_out_w1(van, P, Q, g)
+    assert sum(w1_van) >= 2 * sum(w1), (w1_van, w1)
+    # diagnostics: every pass recorded, parameter changes shrink, Sinkhorn marginals met
+    assert len(res.history) == 5 and all(h["marginal_error"] < 1e-3 for h in res.history)
+    changes = [h["param_change"] for h in res.history[1:-1]]
+    assert changes[-1] < changes[0]
+
+
+def test_path_refit_moves_toward_truth(ou_data):
+    # The paper's bridge-increment refit is an EM step: slower, but each pass must cut the error.
+    P, _, g = ou_data
+    train = as_snapshots([P[:, k] for k in range(0, 9, 2)], TIMES[::2])
+    errs = []
+    for iters in (2, 4):
+        res = fit_bridge(train, Linear(torch.zeros(2, 2), sigma=0.2), iterations=iters, refit="paths",
+                         generator=g, max_step=0.1, num_paths=600)
+        errs.append(float((res.reference.A - A_ROT).norm() / A_ROT.norm()))
+    assert errs[1] < errs[0] < 0.7
+
+
+def test_lotka_volterra_small():
+    # Issue figures at n = 150 (benchmark: 1000): parameter error (relative L2) <= 0.10 and held-out
+    # W1 within 1.5x of the floor at every held-out time.
+    truth = LotkaVolterra(1.0, 0.4, 0.4, 0.1, sigma=0.1)
+    P, Q, g = _populations(truth, (5.0, 4.0), 0.03, 150, 1, 5e-3)
+    train = as_snapshots([P[:, k] for k in range(0, 9, 2)], TIMES[::2])
+    res = fit_bridge(train, LotkaVolterra(sigma=0.1), iterations=3, generator=g, max_step=0.1)
+    err = float((res.reference.theta - truth.theta).norm() / truth.theta.norm())
+    assert err <= 0.10, res.reference
+    w1, floor = _held_out_w1(res, P, Q, g)
+    assert all(a <= 1.5 * b for a, b in zip(w1, floor)), (w1, floor)
+
+
+def test_bootstrap_intervals_cover_the_estimate(ou_data):
+    P, _, g = ou_data
+    train = as_snapshots([P[:150, k] for k in range(0, 9, 2)], TIMES[::2])
+    res = fit_bridge(train, Linear(torch.zeros(2, 2), sigma=0.2), iterations=3, generator=g, max_step=0.2)
+    bs = bootstrap(train, res, num_boot=4, iterations=2, generator=g)
+    assert bs["samples"].shape == (4, 6)
+    assert (bs["lower"] <= bs["upper"]).all()
+    width = bs["upper"] - bs["lower"]
+    assert (width[:4] > 0).all() and (width[:4] < 0.5).all()  # A entries: informative, not degenerate
+
+
+def test_potential_reference_runs_through_the_loop():
+    truth = Linear(-torch.eye(2, dtype=F64), sigma=0.3)
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.tensor([2.0, -1.0], dtype=F64) + 0.3 * torch.randn(100, 2, generator=g, dtype=F64)
+    P = truth.simulate(x0, [0.0, 0.5, 1.0], generator=g, max_step=0.01)
+    train = as_snapshots([P[:, k] for k in range(3)], [0.0, 0.5, 1.0])
+    res = fit_bridge(train, GradientPotential(2, sigma=0.3, fit_steps=100), iterations=2, generator=g,
+                     max_step=0.1)
+    x = torch.cat(train.xs)
+    cos = torch.nn.functional.cosine_similarity(res.reference.drift(x), truth.drift(x)).mean()
+    assert cos > 0.8  # the learned gradient field points toward the well
+
+
+def test_fit_bridge_argument_errors(ou_data):
+    P, _, _ = ou_data
+    train = as_snapshots([P[:, 0], P[:, 2]], [0.0, 2.0])
+    with pytest.raises(TypeError, match="Snapshots"):
+        fit_bridge([P[:, 0], P[:, 2]], Brownian(0.2))
+    with pytest.raises(TypeError, match="Reference"):
+        fit_bridge(train, "brownian")
+    with pytest.raises(ValueError, match="iterations"):
+        fit_bridge(train, Brownian(0.2), iterations=0)
+    with pytest.raises(ValueError, match="refit"):
+        fit_bridge(train, Brownian(0.2), refit="em")
+    with pytest.raises(ValueError, match="d=2"):
+        fit_bridge(as_snapshots([torch.zeros(3, 3), torch.ones(3, 3)], [0, 1]), LotkaVolterra())
+    res = fit_bridge(train, Brownian(0.2), iterations=1)
+    with pytest.raises(ValueError, match="backward"):
+        res.predict([-1.0])
