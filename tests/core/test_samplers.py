@@ -364,6 +364,40 @@ def test_tuple_state_sde_marginals(name):
         assert res[1][c] < 0.06, (name, res)
 
 
+class _SymmetricVE(VE):
+    """VE whose noise is a symmetric matrix, as for an adjacency (graph_sde): the samplers must
+    draw dW through ``process.noise_like``."""
+
+    def noise_like(self, x, generator=None):
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return (z + z.transpose(-1, -2)) / math.sqrt(2)
+
+
+@pytest.mark.parametrize("name", TUPLE)
+def test_graph_like_tuple_state_keeps_adjacency_symmetric(name):
+    """Node features (B, 5, 3) under VP and a symmetric adjacency (B, 5, 5) under VE, model =
+    exact eps of unit Gaussian entries (eps = sigma x / (alpha^2 + sigma^2), symmetric in A):
+    every tuple-state sampler keeps A exactly symmetric and returns the state's structure."""
+    proc = JointProcess((VP(), _SymmetricVE()))
+
+    def model(x, t):
+        t0 = t[0].double()
+        out = []
+        for xi, p in zip(x, proc.processes):
+            a, s = float(p.alpha(t0)), float(p.sigma(t0))
+            out.append(s * xi / (a * a + s * s))
+        return tuple(out)
+
+    den = Denoiser(model, proc, "eps")
+    ts = quadratic(VP(), 6)
+    A = proc.processes[1].noise_like(torch.zeros(4, 5, 5, dtype=torch.float64), _gen(1)) * 50
+    x = (torch.randn(4, 5, 3, generator=_gen(0), dtype=torch.float64), A)
+    out = get_sampler(name)(den, x, ts, generator=_gen(2))
+    assert out[0].shape == (4, 5, 3) and out[1].shape == (4, 5, 5)
+    assert torch.equal(out[1], out[1].transpose(-1, -2))
+    assert all(torch.isfinite(o).all() for o in out)
+
+
 def test_sample_front_door_tuple_shapes():
     den = _tuple_denoiser()
     out = sample(den, ((5, 2), (5, 3)), sampler="pc", num_steps=3, schedule="quadratic",
