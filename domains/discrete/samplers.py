@@ -117,11 +117,14 @@ def sample_ancestral(model, process: MaskedProcess, shape=None, num_steps: int =
     x = check_tokens(x, process.vocab_size, "x", allow=process.mask_id,
                      max_len=getattr(model, "max_len", None))
     B, L, V, m = *x.shape, process.vocab_size, process.mask_id
+    dev = x.device
     ts = _grid(num_steps)
-    al = process.alpha(ts)
-    probs = torch.zeros(B, L, V, dtype=torch.float64)
-    dirty = torch.ones(B, dtype=torch.bool)
-    per_seq = torch.zeros(B, dtype=torch.long)
+    al = process.alpha(ts).tolist()
+    # p(x0 | x_t) kept only where it is needed: at masked sites, as rows of a (num_masked, V) table
+    slot = torch.full((B, L), -1, dtype=torch.long, device=dev)
+    table = torch.zeros(0, V, dtype=torch.float64, device=dev)
+    dirty = torch.ones(B, dtype=torch.bool, device=dev)
+    per_seq = torch.zeros(B, dtype=torch.long, device=dev)
     nfe = 0
     for k in tqdm(range(num_steps), disable=not progress, desc="ancestral", leave=False):
         masked = x == m
@@ -130,17 +133,27 @@ def sample_ancestral(model, process: MaskedProcess, shape=None, num_steps: int =
         need = masked.any(1) & (dirty if cache else torch.ones_like(dirty))
         if need.any():
             rows = need.nonzero().squeeze(1)
-            probs[rows] = model_probs(_call(model, x[rows], V), temperature, top_p)
+            logits = _call(model, x[rows], V)
+            sel = masked[rows]
+            fresh = model_probs(logits[sel], temperature, top_p)        # (n, V) at masked sites only
+            keep = masked & ~need[:, None]                               # cached rows stay as they are
+            old = table[slot[keep]]
+            slot = torch.full((B, L), -1, dtype=torch.long, device=dev)
+            slot[keep] = torch.arange(old.shape[0], device=dev)
+            new_mask = torch.zeros_like(masked)
+            new_mask[rows] = sel
+            slot[new_mask] = old.shape[0] + torch.arange(fresh.shape[0], device=dev)
+            table = torch.cat([old, fresh])
             nfe += 1
             per_seq[rows] += 1
             dirty[rows] = False
-        r_unmask = (al[k + 1] - al[k]) / (1.0 - al[k])
-        r_stay = (1.0 - al[k + 1]) / (1.0 - al[k])
-        pm = probs[masked]
-        q = torch.cat([pm * r_unmask, r_stay.expand(pm.shape[0], 1)], -1)
+        a_t, a_s = al[k], al[k + 1]
+        pm = table[slot[masked]]
+        q = torch.cat([pm * ((a_s - a_t) / (1.0 - a_t)),
+                       torch.full((pm.shape[0], 1), (1.0 - a_s) / (1.0 - a_t), dtype=torch.float64, device=dev)], -1)
         draw = sample_categorical(q, generator=generator, method=method, dtype=dtype, validate=False)
         new = torch.where(draw == V, torch.full_like(draw, m), draw)
-        changed = torch.zeros_like(x, dtype=torch.bool)
+        changed = torch.zeros_like(masked)
         changed[masked] = new != m
         x[masked] = new
         dirty |= changed.any(1)
@@ -169,19 +182,20 @@ def sample_first_hitting(model, process: MaskedProcess, shape=None, *, generator
                      max_len=getattr(model, "max_len", None))
     B, L, V, m = *x.shape, process.vocab_size, process.mask_id
     sched = process.schedule
-    t = torch.ones(B, dtype=torch.float64)
-    times, per_seq, nfe = [], torch.zeros(B, dtype=torch.long), 0
+    dev = x.device
+    t = torch.ones(B, dtype=torch.float64, device=dev)
+    times, per_seq, nfe = [], torch.zeros(B, dtype=torch.long, device=dev), 0
     n_masked = (x == m).sum(1)
     for _ in tqdm(range(int(n_masked.max())), disable=not progress, desc="first-hitting", leave=False):
         rows = (n_masked > 0).nonzero().squeeze(1)
         if return_times:
-            u = torch.rand(rows.shape[0], generator=generator, dtype=torch.float64)
+            u = torch.rand(rows.shape[0], generator=generator, dtype=torch.float64, device=dev)
             a_t = sched.alpha(t[rows])
             t[rows] = sched.t_of_alpha(1.0 - (1.0 - a_t) * u ** (1.0 / n_masked[rows].double()))
             times.append(t.clone())
         xr = x[rows]
         pos = sample_categorical((xr == m).double(), generator=generator, validate=False)
-        logits = _call(model, xr, V)[torch.arange(rows.shape[0]), pos]
+        logits = _call(model, xr, V)[torch.arange(rows.shape[0], device=dev), pos]
         tok = sample_categorical(model_probs(logits, temperature, top_p), generator=generator, validate=False)
         x[rows, pos] = tok
         n_masked[rows] -= 1
