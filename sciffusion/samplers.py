@@ -26,16 +26,19 @@ unipc              3      1         no          no      UniPC, predictor order 2
 unipc_1            2      1         no          no      UniP-1 + UniC-1
 unipc_2            3      1         no          no      UniP-2 + UniC-2
 unipc_3            3      1         no          no      UniP-3 + UniC-3 (warm-up step limits it to 3)
-deis_1             1      1         no          no      DEIS, Adams–Bashforth in rho = sigma/alpha
-deis_2             2      1         no          no      (= DDIM for order 1)
-deis_3             3      1         no          no
+deis_1             1      1         no          no      DEIS, Adams–Bashforth 1 in rho = sigma/alpha (= DDIM)
+deis_2             2      1         no          no      DEIS, Adams–Bashforth 2 in rho
+deis_3             3      1 (+2)    no          no      DEIS, Adams–Bashforth 3 in rho, third-order start
 =================  =====  ========  ==========  ======  =============================================
 
-(The table is checked against :data:`SAMPLERS` by the tests.) NFE rule: every fixed-grid
-sampler makes exactly ``num_steps * nfe_per_step + extra_nfe`` model calls (``num_steps =
-len(ts) - 1``, :meth:`SamplerInfo.nfe`); ``extra_nfe`` is 0 except deis_3 and dpmpp_3m (2: their first
-step is a third-order singlestep). Multistep methods never evaluate the model at the last time; dpmpp_2m, unipc and
-deis_2 warm up with lower orders, whose start-up error still fits their declared order. ``dopri5`` reports its count in ``denoiser.nfe``.
+(The table is checked against :data:`SAMPLERS` by the tests; "(+2)" is ``extra_nfe``.) NFE rule:
+every fixed-grid sampler makes exactly ``num_steps * nfe_per_step + extra_nfe`` model calls
+(``num_steps = len(ts) - 1``, :meth:`SamplerInfo.nfe`); ``extra_nfe`` is 0 except for deis_3 and
+dpmpp_3m (2: their first step is a third-order singlestep, since a first-order first step
+would cap a multistep method at global order 2). Multistep methods never evaluate the model at
+the last time; dpmpp_2m, unipc and deis_2 warm up with lower orders, whose start-up error
+still fits their declared order. ``dopri5`` reports its count in ``denoiser.nfe``. Measured
+orders: ``benchmarks/solver_orders.py``.
 
 **Exponential integrators.** With :math:`h = \\lambda_t - \\lambda_s > 0` (a step towards the data)
 the probability-flow ODE has the exact variation-of-constants forms (Lu et al. 2022, Eq. 3.4;

@@ -87,14 +87,15 @@ def test_module_table_matches_registry():
     """The order/NFE table in the module docstring is the registry (a new sampler must be added)."""
     rows = {}
     for line in S.__doc__.splitlines():
-        m = re.match(r"^(\w+)\s+(\d+)\s+(\d+|adaptive)", line)
+        m = re.match(r"^(\w+)\s+(\d+)\s+(\d+|adaptive)(?: \(\+(\d+)\))?", line)
         if m and m.group(1) in SAMPLERS:
-            rows[m.group(1)] = (int(m.group(2)), m.group(3))
+            rows[m.group(1)] = (int(m.group(2)), m.group(3), int(m.group(4) or 0))
     assert set(rows) == set(SAMPLERS)
     for name, info in SAMPLERS.items():
-        order, nfe = rows[name]
+        order, nfe, extra = rows[name]
         assert order == info.order, name
         assert nfe == ("adaptive" if info.adaptive else str(info.nfe_per_step)), name
+        assert extra == info.extra_nfe, name
 
 
 # ----------------------------------------------------------------------------------------------
