@@ -49,15 +49,12 @@ def _cmd_simulate(args) -> int:
     else:
         ref = get_reference(args.reference, dim, args.sigma, **params)
     g = torch.Generator().manual_seed(args.seed)
+    K = len(args.times)
+    # snapshots are destructive: every time gets its own individuals, simulated in one batch
     x0 = torch.tensor(args.x0, dtype=torch.float64) + args.x0_std * torch.randn(
-        args.n, dim, generator=g, dtype=torch.float64)
+        K * args.n, dim, generator=g, dtype=torch.float64)
     paths = ref.simulate(x0, args.times, generator=g, max_step=args.sim_step)
-    # independent individuals per time (snapshots are destructive): one fresh population per time
-    xs = [paths[:, 0]]
-    for k in range(1, len(args.times)):
-        x0b = torch.tensor(args.x0, dtype=torch.float64) + args.x0_std * torch.randn(
-            args.n, dim, generator=g, dtype=torch.float64)
-        xs.append(ref.simulate(x0b, args.times[: k + 1], generator=g, max_step=args.sim_step)[:, -1])
+    xs = [paths[k * args.n:(k + 1) * args.n, k] for k in range(K)]
     write_csv(args.out, xs, args.times, columns=args.columns)
     print(f"wrote {args.out}: {len(args.times)} snapshots of {args.n} points from {ref}")
     return 0
