@@ -42,7 +42,7 @@ orders: ``benchmarks/solver_orders.py``.
 
 **Exponential integrators.** With :math:`h = \\lambda_t - \\lambda_s > 0` (a step towards the data)
 the probability-flow ODE has the exact variation-of-constants forms (Lu et al. 2022, Eq. 3.4;
-Lu et al. 2022b, Eq. 9), obtained by integrating the linear part exactly,
+Lu et al. 2022b, Sec. 3), obtained by integrating the linear part exactly,
 
 .. math:: x_t = \\frac{\\alpha_t}{\\alpha_s} x_s - \\sigma_t\\int_0^h e^{(h-u)}\\,\\hat\\varepsilon(\\lambda_s+u)\\,du
           = \\frac{\\sigma_t}{\\sigma_s} x_s + \\alpha_t\\int_0^h e^{-(h-u)}\\,\\hat x_0(\\lambda_s+u)\\,du,
@@ -301,8 +301,9 @@ def sample_euler_maruyama(denoiser, x, ts, *, generator=None, callback=None, pro
 @register("pc", order=1, nfe_per_step=2, stochastic=True, tuple_states=True)
 def sample_pc(denoiser, x, ts, *, snr: Any = 0.16, n_corrector: int = 1, generator=None, callback=None,
               progress=False):
-    """Predictor–corrector sampling (Song et al. 2021, Alg. 4/5): an Euler–Maruyama predictor
-    step t_i -> t_{i+1}, then ``n_corrector`` Langevin steps at :math:`t_{i+1}`.
+    """Predictor–corrector sampling (Song et al. 2021, Alg. 2/3 with the corrector of Alg. 4/5):
+    an Euler–Maruyama predictor step t_i -> t_{i+1}, then ``n_corrector`` Langevin steps at
+    :math:`t_{i+1}`.
 
     .. math:: x \\leftarrow x + \\epsilon\\,s + \\sqrt{2\\epsilon}\\,z,\\qquad
               \\epsilon = 2 a_i\\,(r\\,\\|z\\|/\\|s\\|)^2,\\qquad s = \\nabla\\log p_{t_{i+1}}(x)
@@ -562,7 +563,7 @@ def sample_dpmpp_2m(denoiser, x, ts, *, generator=None, callback=None, progress=
 
 @register("dpmpp_2m_sde", order=1, nfe_per_step=1, stochastic=True)
 def sample_dpmpp_2m_sde(denoiser, x, ts, *, generator=None, callback=None, progress=False):
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Appendix / Sec. 4.3), data prediction, stochastic.
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, appendix), data prediction, stochastic.
 
     The reverse SDE's linear part is integrated exactly in lambda (module docstring) and the
     line through the last two x0 predictions against the kernel :math:`2e^{-2(h-u)}` (``c=-2``):
@@ -631,7 +632,7 @@ def sample_dpmpp_3m(denoiser, x, ts, *, generator=None, callback=None, progress=
 # --- UniPC ------------------------------------------------------------------------------------
 
 def _unipc_update(x, s: _Node, t: _Node, m0, others, variant):
-    """UniP / UniC step s -> t (Zhao et al. 2023, Alg. 1/2 with data prediction).
+    """UniP / UniC step s -> t (Zhao et al. 2023, Sec. 3, data-prediction form).
 
     ``others`` are ``(lambda_k, x0_k)`` besides ``m0`` (at ``s``); with :math:`r_k = (\\lambda_k-\\lambda_s)/h`,
     :math:`D_k = (\\hat x_0^{(k)} - m_0)/r_k` and :math:`\\hat h = -h`:
@@ -643,7 +644,8 @@ def _unipc_update(x, s: _Node, t: _Node, m0, others, variant):
     the conditions that match the Taylor terms :math:`h^{n+1}\\varphi_{n+1}(-h)\\,x_0^{(n)}` of the exact
     integral (so for :math:`K \\ge 2` the result is the exact integral of the interpolant and
     :math:`B` cancels). For :math:`K=1` the paper takes :math:`a_1 = 1/2`, the :math:`h\\to0` limit of the
-    solution, which keeps the order and is where ``B(h) = h`` (``bh1``) and ``expm1(h)`` (``bh2``) differ.
+    solution (as Zhao et al.'s implementation does), which keeps the order and is where
+    ``B(h) = h`` (``bh1``) and ``expm1(h)`` (``bh2``) differ.
     """
     h = t.lam - s.lam
     hh = -h
@@ -667,7 +669,7 @@ def _unipc_update(x, s: _Node, t: _Node, m0, others, variant):
 @register("unipc", order=3, nfe_per_step=1)
 def sample_unipc(denoiser, x, ts, *, order: int = 2, variant: str = "bh2", generator=None, callback=None,
                  progress=False):
-    """UniPC (Zhao et al. 2023, Alg. 2 with UniC after every step but the last), data prediction.
+    """UniPC (Zhao et al. 2023), data prediction, with UniC after every step but the last.
 
     Step i: the model is called once at the predicted :math:`\\tilde x_i`; UniC re-does the step
     :math:`t_{i-1}\\to t_i` from the corrected :math:`x_{i-1}` with the interpolant through the
@@ -771,7 +773,7 @@ def _deis(denoiser, x, ts, order, name, callback, progress):
 
 def _deis_doc(k):
     return f"""DEIS with Adams–Bashforth order {k} in :math:`\\rho = \\sigma/\\alpha = e^{{-\\lambda}}` (Zhang & Chen 2023,
-    :math:`\\rho`AB-DEIS, Eq. 15 with the eps-parameterised PF-ODE).
+    :math:`\\rho`AB-DEIS: the eps-parameterised PF-ODE in the time-scaled variable).
 
     With :math:`\\bar x = x/\\alpha` the probability-flow ODE is exactly :math:`d\\bar x/d\\rho = \\hat\\varepsilon`,
     so the exponential integrator reduces to integrating the polynomial through the last

@@ -141,6 +141,11 @@ def test_pathwise_order(name, process):
     (largest seen: DPM-Solver-3 and DPM-Solver++(3) at +0.21, error ratios ~9.5 falling to 8).
     """
     info = SAMPLERS[name]
+    slope, errs = _pathwise_slope(info, process)
+    assert abs(slope - info.order) < 0.3, f"{name}: slope {slope:.2f} vs order {info.order}; errors {errs}"
+
+
+def _pathwise_slope(info, process, **options):
     den = Denoiser(_gaussian_eps_model(MEAN, COV, process), process, "eps")
     t_max = float(process.t_of_lam(torch.tensor(-1.0, dtype=torch.float64)))
     nfes, errs = [], []
@@ -150,12 +155,19 @@ def test_pathwise_order(name, process):
         x_T = GAUSS.marginal(process, ts[0]).sample(16, _gen(1))
         exact = gaussian_flow_map(x_T, MEAN, COV, process, ts[0], ts[-1])
         den.reset_nfe()
-        out = info.fn(den, x_T.clone(), ts)
+        out = info.fn(den, x_T.clone(), ts, **options)
         assert den.nfe == info.nfe(n)
         nfes.append(den.nfe)
         errs.append(float((out - exact).pow(2).sum(1).mean().sqrt()))
-    slope = -np.polyfit(np.log(nfes), np.log(errs), 1)[0]
-    assert abs(slope - info.order) < 0.3, f"{name}: slope {slope:.2f} vs order {info.order}; errors {errs}"
+    return -np.polyfit(np.log(nfes), np.log(errs), 1)[0], errs
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_unipc_bh1_order(order):
+    """The B(h) = h variant (bh1) keeps UniPC's order (k + 1 for predictor order k), same setup
+    as :func:`test_pathwise_order` on VP; bh2 is covered there through the registry."""
+    slope, errs = _pathwise_slope(SAMPLERS[f"unipc_{order}"], VP(), variant="bh1")
+    assert abs(slope - (order + 1)) < 0.3, (slope, errs)
 
 
 def test_dopri5_hits_tolerance():
