@@ -450,6 +450,52 @@ def test_nfe_rule_and_callback(name):
         assert out.dtype == torch.float32 and out.shape == x.shape
 
 
+def test_first_order_integrators_agree():
+    """DDIM, DPM-Solver-1 and DEIS-1 are three derivations of one exponential integrator
+    (eps form, rho form, alpha/sigma form): equal to float64 round-off on any grid; and one
+    step of SDE-DPM-Solver++ (kernel 2 e^{-2(h-u)}) is DDPM's posterior step, DDIM with eta = 1,
+    given the same noise draw."""
+    p = VP()
+    den = GAUSS.denoiser(p, "eps")
+    ts = logsnr_uniform(p, 7)
+    x = GAUSS.marginal(p, ts[0]).sample(8, _gen(0))
+    ref = S.sample_ddim(den, x, ts)
+    for name in ("dpm_solver_1", "deis_1"):
+        assert torch.allclose(get_sampler(name)(den, x, ts), ref, rtol=1e-12, atol=1e-12), name
+    one = ts[:2]
+    a = S.sample_dpmpp_2m_sde(den, x, one, generator=_gen(3))
+    b = S.sample_ddim(den, x, one, eta=1.0, generator=_gen(3))
+    assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_pc_without_corrector_is_euler_maruyama():
+    """n_corrector = 0 leaves the predictor: identical to euler_maruyama with the same seed;
+    n_corrector = 2 costs 3 calls per step; a per-component snr tuple is accepted."""
+    p = VP()
+    den = GAUSS.denoiser(p, "eps")
+    ts = quadratic(p, 5)
+    x = GAUSS.marginal(p, ts[0]).sample(8, _gen(0))
+    assert torch.equal(S.sample_pc(den, x, ts, n_corrector=0, generator=_gen(1)),
+                       S.sample_euler_maruyama(den, x, ts, generator=_gen(1)))
+    den.reset_nfe()
+    S.sample_pc(den, x, ts, n_corrector=2, generator=_gen(1))
+    assert den.nfe == 5 * 3
+    tden = _tuple_denoiser()
+    out = S.sample_pc(tden, _tuple_start(ts, 4), ts, snr=(0.1, 0.2), generator=_gen(1))
+    assert all(torch.isfinite(o).all() for o in out)
+
+
+def test_dopri5_float32_and_callback():
+    p = VP()
+    den = GAUSS.denoiser(p, "eps")
+    ts = logsnr_uniform(p, 3)
+    seen = []
+    out = S.sample_dopri5(den, torch.randn(4, 4, generator=_gen(0)), ts,
+                          callback=lambda i, t, x: seen.append((i, float(t))))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert seen == [(i, float(ts[i + 1])) for i in range(3)]
+
+
 def test_sample_front_door_counts():
     den = GAUSS.denoiser(VP(), "eps")
     out = sample(den, (7, 4), sampler="unipc", num_steps=6, generator=_gen(0), order=3)
