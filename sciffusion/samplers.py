@@ -568,7 +568,8 @@ def sample_dpmpp_2m_sde(denoiser, x, ts, *, generator=None, callback=None, progr
     The reverse SDE's linear part is integrated exactly in lambda (module docstring) and the
     line through the last two x0 predictions against the kernel :math:`2e^{-2(h-u)}` (``c=-2``):
 
-    .. math:: x_{i+1} = \\frac{\\sigma_{i+1}}{\\sigma_i}e^{-h_i}x_i + 2\\alpha_{i+1}\\Big[h_i\\varphi_1(-2h_i)\\hat x_0^{(i)}
+    .. math:: x_{i+1} = \\frac{\\sigma_{i+1}}{\\sigma_i}e^{-h_i}x_i
+              + 2\\alpha_{i+1}\\Big[h_i\\varphi_1(-2h_i)\\hat x_0^{(i)}
               + h_i^2\\varphi_2(-2h_i)\\frac{\\hat x_0^{(i)}-\\hat x_0^{(i-1)}}{h_{i-1}}\\Big]
               + \\sigma_{i+1}\\sqrt{-\\mathrm{expm1}(-2h_i)}\\,z
 
@@ -602,7 +603,8 @@ def sample_dpmpp_3m(denoiser, x, ts, *, generator=None, callback=None, progress=
 
     Step i integrates the quadratic through the last three predictions exactly (``c=-1``):
 
-    .. math:: x_{i+1} = \\frac{\\sigma_{i+1}}{\\sigma_i}x_i + \\alpha_{i+1}\\sum_{j=0}^{2} w_j\\,\\hat x_0^{(i-j)},\\qquad
+    .. math:: x_{i+1} = \\frac{\\sigma_{i+1}}{\\sigma_i}x_i + \\alpha_{i+1}\\sum_{j=0}^{2} w_j\\,\\hat x_0^{(i-j)},
+              \\qquad
               \\sum_j w_j r_j^k = k!\\,h_i\\,\\varphi_{k+1}(-h_i),\\ r_j = (\\lambda_{i-j}-\\lambda_i)/h_i,
 
     local error :math:`O(h^4)`. Start-up is what makes it third order: a first-order first step
@@ -772,14 +774,19 @@ def _deis(denoiser, x, ts, order, name, callback, progress):
 
 
 def _deis_doc(k):
-    return f"""DEIS with Adams–Bashforth order {k} in :math:`\\rho = \\sigma/\\alpha = e^{{-\\lambda}}` (Zhang & Chen 2023,
-    :math:`\\rho`AB-DEIS: the eps-parameterised PF-ODE in the time-scaled variable).
+    return f"""DEIS with Adams–Bashforth order {k} in :math:`\\rho = \\sigma/\\alpha = e^{{-\\lambda}}`
+    (Zhang & Chen 2023, :math:`\\rho`AB-DEIS: the eps-parameterised PF-ODE in the scaled variables).
 
-    With :math:`\\bar x = x/\\alpha` the probability-flow ODE is exactly :math:`d\\bar x/d\\rho = \\hat\\varepsilon`,
-    so the exponential integrator reduces to integrating the polynomial through the last
-    {k} eps predictions :math:`(\\rho_{{i-j}}, \\hat\\varepsilon_{{i-j}})` over :math:`[\\rho_i, \\rho_{{i+1}}]`:
+    With :math:`\\bar x = x/\\alpha` the probability-flow ODE is exactly
+    :math:`d\\bar x/d\\rho = \\hat\\varepsilon`, since
+    :math:`d\\bar x/dt = g^2\\hat\\varepsilon/(2\\sigma\\alpha) = -\\rho\\dot\\lambda\\hat\\varepsilon` and
+    :math:`d\\rho/dt = -\\rho\\dot\\lambda`. So the exponential integrator reduces to integrating
+    the polynomial through the last {k} eps predictions :math:`(\\rho_{{i-j}}, \\hat\\varepsilon_{{i-j}})`
+    over :math:`[\\rho_i, \\rho_{{i+1}}]`:
 
-    .. math:: x_{{i+1}} = \\frac{{\\alpha_{{i+1}}}}{{\\alpha_i}}x_i + \\alpha_{{i+1}}\\sum_j C_{{ij}}\\hat\\varepsilon_{{i-j}},\\qquad
+    .. math:: x_{{i+1}} = \\frac{{\\alpha_{{i+1}}}}{{\\alpha_i}}x_i
+              + \\alpha_{{i+1}}\\sum_j C_{{ij}}\\hat\\varepsilon_{{i-j}},
+              \\qquad
               C_{{ij}} = \\int_{{\\rho_i}}^{{\\rho_{{i+1}}}} L_j(\\rho)\\,d\\rho
 
     (:func:`_lagrange_integrals`, exact). Order 1 is DDIM. Warm-up: order 2 takes an AB1 first
