@@ -99,8 +99,9 @@ def check_ts(ts: Any, process=None) -> torch.Tensor:
         if ts.min() < lo or ts.max() > hi * (1 + 1e-12):
             raise ValueError(f"ts must lie in [{lo}, {hi}] for {process!r}; got [{ts.min().item():.6g}, "
                              f"{ts.max().item():.6g}]")
-        lam = process.lam(ts)
-        if not torch.isfinite(torch.as_tensor(lam)).all() if not isinstance(lam, tuple) else False:
+        lams = process.lam(ts)
+        lams = lams.values() if isinstance(lams, dict) else lams if isinstance(lams, tuple) else [lams]
+        if not all(torch.isfinite(torch.as_tensor(lam)).all() for lam in lams):
             raise ValueError(f"lambda(t) is infinite on this grid for {process!r}: keep ts inside "
                              f"[{process.t_min}, {process.t_max}] (alpha or sigma vanishes at the ends)")
     return ts
