@@ -217,7 +217,8 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, method: str = "rk4", 
         denoiser: a :class:`~sciffusion.denoisers.Denoiser` (any parameterization) whose model is
             differentiable in ``x`` and treats batch rows independently (no batch norm).
         x: ``(B, ...)`` points (tensor state). Integration runs in float64; the model is called
-            in ``model_dtype`` (default: ``x``'s dtype).
+            in ``model_dtype`` (default: the dtype of the model's parameters when it is an
+            ``nn.Module``, else ``x``'s dtype).
         method: ``rk4`` (4 NFE/step), ``heun`` (2 NFE/step) or ``dopri5`` (adaptive).
         num_steps: steps of the fixed-step grid.
         schedule: grid name (see :func:`~sciffusion.schedules.get_schedule`).
@@ -267,8 +268,11 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, method: str = "rk4", 
     use_exact = trace == "exact" or (trace == "auto" and d <= exact_max_dim)
     x64 = x.detach().to(torch.float64)
     probes = None if use_exact else _probes(x.shape, num_probes, noise, generator, x.device)
-    rhs = _make_rhs(denoiser, probes, model_dtype or x.dtype)
-    _check_differentiable(denoiser, x64, lo, model_dtype or x.dtype)
+    if model_dtype is None:
+        params = list(denoiser.model.parameters()) if isinstance(denoiser.model, torch.nn.Module) else []
+        model_dtype = params[0].dtype if params else x.dtype
+    rhs = _make_rhs(denoiser, probes, model_dtype)
+    _check_differentiable(denoiser, x64, lo, model_dtype)
     nfe0 = denoiser.nfe
     if method == "dopri5":
         x_T, delta = _dopri5(rhs, x64, lo, hi, rtol, atol)
