@@ -52,7 +52,7 @@ def text_part(train_steps: int, L: int, num_samples: int, seed: int = 0) -> dict
     for kind in ("masked", "uniform", "absorbing_uniform"):
         t0 = time.perf_counter()
         res, proc, _ = train(data, vocab_size=27, process=kind, arch="transformer",
-                             arch_kwargs={"d_model": 96, "nhead": 4, "num_layers": 3}, steps=train_steps,
+                             arch_kwargs={"d_model": 64, "nhead": 4, "num_layers": 2}, steps=train_steps,
                              batch_size=128, lr=2e-3, ema_decay=0.995, seed=seed, progress=False)
         train_s = time.perf_counter() - t0
         model = res.ema
@@ -97,7 +97,8 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def overhead_part(L: int = 1024, V: int = 50257, steps: int = 1024, device: str = "cpu", repeats: int = 1) -> dict:
+def overhead_part(L: int = 1024, V: int = 50257, steps: int = 1024, device: str = "cpu", repeats: int = 1,
+                  uncached: bool = False) -> dict:
     dev = torch.device(device)
     proc = MaskedProcess(V)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -124,7 +125,8 @@ def overhead_part(L: int = 1024, V: int = 50257, steps: int = 1024, device: str 
     res = {"L": L, "V": V, "steps": steps, "device": str(dev),
            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "threads": torch.get_num_threads()}
-    for name in ("first_hitting", "ancestral_cached", "ancestral_uncached"):
+    names = ("first_hitting", "ancestral_cached") + (("ancestral_uncached",) if uncached else ())
+    for name in names:
         times = []
         for _ in range(repeats):
             sec, s = run(name)
@@ -132,30 +134,43 @@ def overhead_part(L: int = 1024, V: int = 50257, steps: int = 1024, device: str 
         res[name] = {"seconds": min(times), "nfe": s.nfe, "all_unmasked": bool((s.x != proc.mask_id).all())}
         print(f"overhead {name:20s} {min(times):8.3f} s  nfe {s.nfe}", flush=True)
     res["ratio_ancestral_cached_over_first_hitting"] = res["ancestral_cached"]["seconds"] / res["first_hitting"]["seconds"]
-    res["ratio_ancestral_uncached_over_first_hitting"] = res["ancestral_uncached"]["seconds"] / res["first_hitting"]["seconds"]
-    print(f"overhead ratio ancestral(1024, cached)/first-hitting = {res['ratio_ancestral_cached_over_first_hitting']:.1f}x; "
-          f"uncached = {res['ratio_ancestral_uncached_over_first_hitting']:.1f}x ({res['device_name']})", flush=True)
+    print(f"overhead ratio ancestral({steps} steps, cached)/first-hitting = "
+          f"{res['ratio_ancestral_cached_over_first_hitting']:.1f}x ({res['device_name']})", flush=True)
+    if uncached:
+        res["ratio_ancestral_uncached_over_first_hitting"] = (res["ancestral_uncached"]["seconds"]
+                                                              / res["first_hitting"]["seconds"])
+        print(f"overhead ratio ancestral({steps} steps, uncached)/first-hitting = "
+              f"{res['ratio_ancestral_uncached_over_first_hitting']:.1f}x", flush=True)
     return res
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=("all", "text", "overhead"), default="all")
-    ap.add_argument("--train-steps", type=int, default=1500)
+    ap.add_argument("--train-steps", type=int, default=1000)
     ap.add_argument("--length", type=int, default=32)
     ap.add_argument("--num-samples", type=int, default=256)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--uncached", action="store_true", help="also time ancestral without caching (slow on CPU)")
+    ap.add_argument("--overhead-length", type=int, default=1024)
+    ap.add_argument("--overhead-vocab", type=int, default=50257)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    new = {}
     if args.part in ("all", "text"):
-        results["text"] = text_part(args.train_steps, args.length, args.num_samples)
-        results["text"]["command"] = f"python benchmarks/discrete.py --part text --train-steps {args.train_steps}"
+        new["text"] = text_part(args.train_steps, args.length, args.num_samples)
+        new["text"]["command"] = (f"OMP_NUM_THREADS=1 python benchmarks/discrete.py --part text "
+                                  f"--train-steps {args.train_steps} --length {args.length}")
     if args.part in ("all", "overhead"):
-        key = f"overhead_{torch.device(args.device).type}"
-        results[key] = overhead_part(device=args.device, repeats=args.repeats)
-        results[key]["command"] = f"python benchmarks/discrete.py --part overhead --device {args.device}"
+        L, V = args.overhead_length, args.overhead_vocab
+        key = f"overhead_{torch.device(args.device).type}_L{L}_V{V}"
+        new[key] = overhead_part(L=L, V=V, steps=L, device=args.device, repeats=args.repeats, uncached=args.uncached)
+        new[key]["command"] = (f"OMP_NUM_THREADS=1 python benchmarks/discrete.py --part overhead --device {args.device} "
+                               f"--overhead-length {L} --overhead-vocab {V}" + (" --uncached" if args.uncached else ""))
+    # re-read just before writing so that parts run in separate processes keep each other's keys
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results.update(new)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
