@@ -53,13 +53,15 @@ ax.set_xlim(-4, 6); ax.legend(); fig"""),
     nbf.v4.new_markdown_cell("## Product of experts and classifier-free guidance"),
     nbf.v4.new_code_cell("""q2 = GaussianMixture(torch.tensor([[-1.5], [1.5]]), torch.tensor([0.25, 0.49]))
 qc = GaussianMixture(torch.tensor([[-2.0], [2.0]]), torch.tensor([0.09, 1.0]), torch.tensor([0.2, 0.8]))
-cases = {"q1 q2": (product(q.denoiser(process), q2.denoiser(process)), [q, q2], [1, 1]),
-         "CFG w=2": (guidance(q.denoiser(process), qc.denoiser(process), 2.0), [q, qc], [-1, 2])}
-for name, (tgt, ms, exps) in cases.items():
+# eta = 3 for the product (A = 2: the target-score SDE, eta = 1, under-disperses and its weights
+# become heavy-tailed); eta = 1 for CFG (A = 1, negative exponent on the unconditional model)
+cases = {"q1 q2": (product(q.denoiser(process), q2.denoiser(process)), [q, q2], [1, 1], 3.0),
+         "CFG w=2": (guidance(q.denoiser(process), qc.denoiser(process), 2.0), [q, qc], [-1, 2], 1.0)}
+for name, (tgt, ms, exps, eta) in cases.items():
     p = torch.softmax(sum(a * m.log_prob(grid[:, None]) for m, a in zip(ms, exps)), 0)
-    r = sample_fkc(tgt, (1, 1), num_particles=4096, num_steps=200, noise=1.0,
+    r = sample_fkc(tgt, (1, 1), num_particles=4096, num_steps=200, noise=eta,
                    generator=torch.Generator().manual_seed(1), warn_ess=None)
-    u = sample_fkc(tgt, (1, 1), num_particles=4096, num_steps=200, noise=1.0, correct=False,
+    u = sample_fkc(tgt, (1, 1), num_particles=4096, num_steps=200, noise=eta, correct=False,
                    generator=torch.Generator().manual_seed(1))
     mean = lambda res: float(res.expectation(lambda x: x[:, 0].double()).mean())
     print(f"{name}: exact mean {float((p * grid).sum()):.3f}  FKC {mean(r):.3f}  uncorrected {mean(u):.3f}")"""),
