@@ -8,8 +8,13 @@ family's ``sigma``), iteration ``i``:
    (:func:`~.coupling.entropic_plan` on ``C = -log p_{R_i}``);
 2. draws index trajectories from the chain of plans and reference bridges through them on a fine
    grid (:meth:`~.references.Reference.sample_bridge`);
-3. refits the reference by maximum likelihood on the bridge increments
-   (:meth:`~.references.Reference.refit`), giving ``R_{i+1}``.
+3. refits the reference by maximum likelihood, giving ``R_{i+1}``: either on the bridge increments
+   (``refit="paths"``, :meth:`~.references.Reference.refit`, the paper's step) or on the coupled
+   pairs' transition density (``refit="pairs"``, :meth:`~.references.Reference.refit_pairs`, the
+   default). Both have the true reference as a fixed point when the data come from it; the
+   path refit is an EM step whose rate is the fraction of information the bridges must fill in
+   between snapshots, which for gaps of 2 time units on the rotating OU leaves ~6% error in A
+   after 20 passes, while the pair refit settles in 3-4 passes (see the benchmark).
 
 It stops when the relative change of the parameters falls below ``tol`` or after
 ``iterations`` passes; the final coupling and bridges are those of the final reference.

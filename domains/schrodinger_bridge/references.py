@@ -33,7 +33,9 @@ Bridges are sampled sequentially by Gaussian conditioning (Kalman form): with th
 .. math:: X_{k+1} \\mid X_k, X_S \\sim N\\big(\\mu + K(x_S - F_{k+1}\\mu - g_{k+1}),\\; Q_k - K F_{k+1} Q_k\\big),
    \\quad \\mu = \\Phi_k X_k + m_k,\\; K = Q_k F_{k+1}^\\top (F_{k+1} Q_k F_{k+1}^\\top + G_{k+1})^{-1}.
 
-The refit maximises the Euler likelihood of the path increments,
+Two refits are offered. :meth:`Reference.refit_pairs` maximises the (exact or LNA) transition
+likelihood of the coupled snapshot pairs, averaged over the coupling, by L-BFGS.
+:meth:`Reference.refit` maximises the Euler likelihood of the bridge path increments,
 :math:`\\sum_k \\|\\Delta x_k - f_\\theta(x_k) h_k\\|^2 / (\\sigma^2 h_k)`: weighted least squares
 for families linear in ``theta`` (Brownian has nothing to fit, Linear, Lotka–Volterra,
 Repressilator), Adam for the potential network. ``sigma`` is a fixed hyperparameter: the
