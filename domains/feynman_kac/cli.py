@@ -85,7 +85,7 @@ def _plot_tour(path: Path, results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results) + 1, figsize=(3.6 * (len(results) + 1), 3.2))
+    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.2))
     for ax, (kind, (res, mixtures, exps, proc)) in zip(axes, results.items()):
         logp = sum(a * m.log_prob(_GRID[:, None], proc, proc.t_min) for m, a in zip(mixtures, exps))
         dens = torch.softmax(logp, 0) / float(_GRID[1] - _GRID[0])

@@ -32,7 +32,7 @@ def plot_diagnostics(result, ax=None):
         ax[0].axvline(t[s], color="k", alpha=0.08, lw=0.8)
     ax[0].set_xscale("log" if t.min() > 0 and t.max() / t.min() > 100 else "linear")
     ax[0].set_ylim(0, 1.05)
-    ax[0].set_xlabel("t (noise -> data: right to left)")
+    ax[0].set_xlabel("t (noise on the left, data on the right)")
     ax[0].set_ylabel("ESS / N (before resampling)")
     ax[0].invert_xaxis()
     ax[0].legend(fontsize=8)
