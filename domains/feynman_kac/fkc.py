@@ -421,6 +421,8 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
     A = target.total
     N = num_particles
     if ts is None:
+        if hasattr(p, "processes") and schedule in ("logsnr", "logsnr_uniform", "karras"):
+            schedule = "time_uniform"  # a joint process has one lambda per component
         ts = get_schedule(schedule)(p, num_steps)
     ts = check_ts(ts, p)
     x = _initial_state(p, x_or_shape, N, A, generator, dtype, device)
