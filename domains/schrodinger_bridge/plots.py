@@ -71,7 +71,10 @@ def plot_vector_field(drift, snapshots, t: float | None = None, grid: int = 20, 
         v = drift(pts) if t is None else drift(pts, t)
     v = torch.as_tensor(v).detach()
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.quiver(pts[:, dims[0]], pts[:, dims[1]], v[:, dims[0]], v[:, dims[1]], alpha=0.7)
+    if v[:, list(dims)].abs().max() > 0:
+        ax.quiver(pts[:, dims[0]], pts[:, dims[1]], v[:, dims[0]], v[:, dims[1]], alpha=0.7)
+    else:  # quiver cannot scale an all-zero field (Brownian reference)
+        ax.text(0.5, 0.95, "zero drift", transform=ax.transAxes, ha="center")
     cols = _colors(snapshots.times.tolist())
     for k, x in enumerate(snapshots.xs):
         ax.scatter(x[:, dims[0]], x[:, dims[1]], s=2, alpha=0.3, color=cols[k])
