@@ -33,7 +33,7 @@ Peers (diffusers ``DDIMScheduler``, ``DPMSolverMultistepScheduler`` (dpmsolver++
 * options that would make diffusers a different algorithm are switched off: ``lower_order_final``
   (ours does not drop order at the end), ``clip_sample``/thresholding.
 
-Timing (one thread, min of repeats): ``time/sample`` is the wall time with the exact model
+Timing (one thread, min of interleaved repeats): ``time/sample`` is the wall time with the exact model
 divided by n; ``overhead`` is the wall time of the same run with a near-free model
 (``0.1 * x``), i.e. the time spent outside the model call.
 """
@@ -240,12 +240,15 @@ def free_model(x, t):
     return 0.1 * x
 
 
-def best_time(fn, repeats):
-    best = None
+def best_times(fn_a, fn_b, repeats):
+    """Min wall time of each of two runs, interleaved a, b, a, b, ... so that drifting load on the
+    machine biases neither side."""
+    fn_a(), fn_b()  # warm-up (first-call allocations and caches), not timed
+    ta, tb = [], []
     for _ in range(repeats):
-        out = fn()
-        best = out if best is None or out[2] < best[2] else best
-    return best
+        ta.append(fn_a()[2])
+        tb.append(fn_b()[2])
+    return min(ta), min(tb)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,14 +371,14 @@ def main(argv=None):
                 row["error_ratio"] = row["error_ours"] / row["error_peer"]
                 if p.name == "gauss8":  # timing: exact model on n_time samples; overheads with 0.1 x
                     xt_big, xt_small = p.x_T[:n_time], p.x_T[:256]
-                    t_o = best_time(lambda: run_ours(p, algo, ts, x_T=xt_big), repeats)[2]
-                    t_p = best_time(lambda: run_peer(p, algo, nfe, N=N, custom=custom, x_T=xt_big), repeats)[2]
-                    ob_o = best_time(lambda: run_ours(p, algo, ts, model=free_model, x_T=xt_big), repeats + 2)[2]
-                    ob_p = best_time(lambda: run_peer(p, algo, nfe, model=free_model, N=N, custom=custom,
-                                                      x_T=xt_big), repeats + 2)[2]
-                    os_o = best_time(lambda: run_ours(p, algo, ts, model=free_model, x_T=xt_small), repeats + 4)[2]
-                    os_p = best_time(lambda: run_peer(p, algo, nfe, model=free_model, N=N, custom=custom,
-                                                      x_T=xt_small), repeats + 4)[2]
+                    t_o, t_p = best_times(lambda: run_ours(p, algo, ts, x_T=xt_big),
+                                          lambda: run_peer(p, algo, nfe, N=N, custom=custom, x_T=xt_big), repeats)
+                    ob_o, ob_p = best_times(lambda: run_ours(p, algo, ts, model=free_model, x_T=xt_big),
+                                            lambda: run_peer(p, algo, nfe, model=free_model, N=N, custom=custom,
+                                                             x_T=xt_big), repeats + 2)
+                    os_o, os_p = best_times(lambda: run_ours(p, algo, ts, model=free_model, x_T=xt_small),
+                                            lambda: run_peer(p, algo, nfe, model=free_model, N=N, custom=custom,
+                                                             x_T=xt_small), repeats + 6)
                     row.update(timing_batch=n_time, sec_per_sample_ours=t_o / n_time,
                                sec_per_sample_peer=t_p / n_time, time_ratio=t_o / t_p,
                                overhead_ours=ob_o, overhead_peer=ob_p, overhead_ratio=ob_o / ob_p,

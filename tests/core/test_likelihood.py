@@ -187,3 +187,19 @@ def test_errors():
         log_likelihood(nan_model, x, num_steps=2)
     with pytest.raises(ValueError, match="bin_width"):
         bits_per_dim(torch.zeros(1), 2, 0.0)
+
+
+def test_float32_network_and_auto_trace():
+    """A float32 MLP is called in float32 while the ODE runs in float64; ``trace='auto'`` switches to
+    Hutchinson above ``exact_max_dim`` (the result then depends on the probe seed, the exact one not)."""
+    from sciffusion.nn import MLP
+
+    torch.manual_seed(0)
+    den = Denoiser(MLP(3, hidden=8, depth=1), VP(), "eps")
+    x = torch.randn(4, 3)
+    exact = log_likelihood(den, x, num_steps=3)
+    assert exact.logp.dtype == torch.float64 and torch.isfinite(exact.logp).all() and exact.x_T.dtype == torch.float32
+    h1 = log_likelihood(den, x, num_steps=3, exact_max_dim=2, generator=torch.Generator().manual_seed(1)).logp
+    h2 = log_likelihood(den, x, num_steps=3, exact_max_dim=2, generator=torch.Generator().manual_seed(2)).logp
+    assert not torch.equal(h1, h2)
+    torch.testing.assert_close(log_likelihood(den, x, num_steps=3).logp, exact.logp, rtol=0, atol=0)
