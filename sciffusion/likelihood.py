@@ -264,6 +264,9 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, method: str = "rk4", 
     hi = float(p.t_max if t_max is None else t_max)
     if not 0.0 <= lo < hi <= float(p.T) * (1 + 1e-12):
         raise ValueError(f"need 0 <= t_min < t_max <= T={p.T}, got t_min={lo}, t_max={hi}")
+    if not (torch.isfinite(p.lam(lo)) and torch.isfinite(p.lam(hi))):
+        raise ValueError(f"lambda(t) is infinite at t_min={lo} or t_max={hi} for {p!r} (alpha or sigma vanishes "
+                         f"there); integrate over [{p.t_min}, {p.t_max}] or another interval inside (0, T)")
     d = x[0].numel()
     use_exact = trace == "exact" or (trace == "auto" and d <= exact_max_dim)
     x64 = x.detach().to(torch.float64)

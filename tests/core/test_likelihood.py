@@ -173,6 +173,8 @@ def test_errors():
         log_likelihood(den, x, noise="uniform")
     with pytest.raises(ValueError, match="t_min"):
         log_likelihood(den, x, t_min=0.5, t_max=0.4)
+    with pytest.raises(ValueError, match="lambda"):
+        log_likelihood(den, x, t_min=0.0)  # VP: sigma_0 = 0
     with pytest.raises(ValueError, match="num_probes"):
         log_likelihood(den, x, num_probes=0)
     with pytest.raises(TypeError, match="tuple"):
