@@ -132,3 +132,14 @@ def test_repressilator_parameters_from_three_snapshots():
     res = fit_bridge(train, Repressilator(sigma=0.1), iterations=2, generator=g, max_step=0.1)
     rel = (res.reference.theta - truth.theta).abs() / truth.theta
     assert (rel < 0.10).all(), res.reference
+
+
+def test_paths_without_duplicated_points(ou_data):
+    # replace=False: each training point lies on exactly one trajectory, so the trajectories read at
+    # the snapshot times are permutations of the snapshots.
+    P, _, g = ou_data
+    train = as_snapshots([P[:100, k] for k in range(0, 9, 2)], TIMES[::2])
+    res = fit_bridge(train, Brownian(0.2), iterations=1, replace=False, generator=g, max_step=0.5)
+    for k, t in enumerate(train.times):
+        at_t = res.paths[:, int(torch.argmin((res.ts - t).abs()))]
+        assert torch.equal(at_t[torch.argsort(at_t[:, 0])], train.xs[k][torch.argsort(train.xs[k][:, 0])])
