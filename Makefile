@@ -26,10 +26,11 @@ tour: venv
 test: venv-dev
 	$(BIN)/python -m pytest -q
 
+# The peers the benchmarks compare against (diffusers; torchcfm without its dependency chain,
+# torchdyn -> torchvision, which would replace the CPU torch with a CUDA build).
 bench: venv-dev
-	$(BIN)/python -m pip install --quiet ".[bench]"
+	$(BIN)/python -m pip install --quiet -e ".[all,dev,bench]"
+	$(BIN)/python -m pip install --quiet --no-deps torchcfm
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info tour-output
-	# torchcfm's dependency chain (torchdyn -> torchvision) would replace the CPU torch: no deps.
-	$(BIN)/python -m pip install --quiet --no-deps torchcfm
