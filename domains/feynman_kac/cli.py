@@ -11,7 +11,6 @@ printed number is compared with the exact target computed by quadrature:
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 

@@ -62,8 +62,8 @@ def test_annealed_chain_matches_enumeration():
     """p^3 of a length-4 chain (81 sequences): TV of the weighted particles to the enumerated
     target below 0.05 (10000 particles, 64 steps; measured ~0.015-0.025, the TV of 10000 exact
     draws is ~0.02), log Z within 0.3 (log Z-hat of one group: spread ~0.1 and biased low by half
-    its variance; measured -5.02..-4.86 vs -4.85 over seeds and grids); the uncorrected sampler (same conditionals p^3/Z, no
-    weights) is off by more than 0.1 (measured 0.16)."""
+    its variance; measured -5.02..-4.86 vs -4.85 over seeds and grids); the uncorrected sampler
+    (same conditionals p^3/Z, no weights) is off by more than 0.1 (measured 0.16)."""
     o = chain(4, 0)
     probs, log_z = target_probs([o], [3.0])
     fkc = run([o], [3.0], 4, num_particles=10000, num_steps=64)
