@@ -177,6 +177,19 @@ def test_stopping_the_correction_early_loses_it():
     assert abs(early - 0.9175) > 0.1
 
 
+def test_resampling_window_carries_exact_weights():
+    """Resampling only for t in [0.3, 1] (VP): every resampling step lies in the window, the weights
+    accumulated below t = 0.3 are carried to the end, and the weighted mass is still within 0.03
+    of 0.9175 (unlike the correction window of the previous test, which drops the weights)."""
+    q = q_left_right()
+    res = run(anneal(q.denoiser(VP()), 3.0), seed=4, resample_window=(0.3, 1.0))
+    ts = res.ts
+    assert res.num_resampling_events > 0
+    assert all(0.3 <= float(ts[s]) <= 1.0 for s in res.resample_steps)
+    assert float(res.ess[-1]) < 0.999 * 2048  # weights carried (not reset to uniform) after the window
+    assert abs(left_mass(res) - 0.9175) < 0.03
+
+
 def test_weights_do_not_depend_on_eta_and_eta_family_agrees():
     """One increment for every eta (no eta argument exists); the target-score (eta=1),
     tempered (eta=1/A) and eta=3 samplers all estimate the same mass within 0.05 of the exact one
