@@ -817,7 +817,7 @@ for _k, _fn in ((1, sample_deis_1), (2, sample_deis_2), (3, sample_deis_3)):
 # ----------------------------------------------------------------------------------------------
 
 def sample(denoiser, x_or_shape: Any, *, sampler: str = "dpmpp_2m", num_steps: int = 20,
-           schedule: str = "logsnr", ts: Any = None, generator: torch.Generator | None = None,
+           schedule: str | None = None, ts: Any = None, generator: torch.Generator | None = None,
            callback: Callable | None = None, progress: bool = False, dtype=torch.float32,
            device=None, **options) -> Any:
     """Draw samples: prior noise (or a given ``x``) integrated to the data end of the grid.
@@ -828,7 +828,8 @@ def sample(denoiser, x_or_shape: Any, *, sampler: str = "dpmpp_2m", num_steps: i
             state) to draw from the process's prior.
         sampler: a name in :data:`SAMPLERS`.
         num_steps: steps of the grid when ``ts`` is not given (NFE = steps x nfe_per_step).
-        schedule: grid name for :func:`~sciffusion.schedules.get_schedule`.
+        schedule: grid name for :func:`~sciffusion.schedules.get_schedule`; default ``logsnr``
+            for one process and ``time_uniform`` for a JointProcess (one lambda per component).
         ts: an explicit decreasing time grid (overrides ``num_steps``/``schedule``).
         generator: the only source of randomness (prior and sampler noise).
         options: forwarded to the sampler (e.g. ``eta`` for DDIM, ``order`` for UniPC).
@@ -840,6 +841,8 @@ def sample(denoiser, x_or_shape: Any, *, sampler: str = "dpmpp_2m", num_steps: i
     info = SAMPLERS[sampler]
     p = denoiser.process
     if ts is None:
+        if schedule is None:
+            schedule = "time_uniform" if hasattr(p, "processes") else "logsnr"
         ts = get_schedule(schedule)(p, num_steps)
     ts = check_ts(ts, p)
     leaves = tree_leaves(x_or_shape)

@@ -24,6 +24,13 @@ def _ends(process, t_max, t_min):
     return t_max, t_min
 
 
+def _single(process, name):
+    if hasattr(process, "processes"):
+        raise ValueError(f"the {name} grid is defined by one process's lambda(t); a JointProcess has one "
+                         "lambda per component: use time_uniform or quadratic, or build the grid from one "
+                         "component, e.g. logsnr_uniform(joint.processes[0], n)")
+
+
 def _check_steps(num_steps):
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
@@ -47,6 +54,7 @@ def quadratic(process, num_steps: int, t_max: float | None = None, t_min: float 
 def logsnr_uniform(process, num_steps: int, t_max: float | None = None, t_min: float | None = None):
     """Uniform in :math:`\\lambda_t` (Lu et al. 2022, Sec. 3.3)."""
     _check_steps(num_steps)
+    _single(process, "logsnr")
     hi, lo = _ends(process, t_max, t_min)
     lams = torch.linspace(float(process.lam(hi)), float(process.lam(lo)), num_steps + 1, dtype=torch.float64)
     ts = process.t_of_lam(lams)
@@ -57,6 +65,7 @@ def logsnr_uniform(process, num_steps: int, t_max: float | None = None, t_min: f
 def karras(process, num_steps: int, t_max: float | None = None, t_min: float | None = None, rho: float = 7.0):
     """Karras et al. (2022) Eq. 5 in :math:`\\tilde\\sigma = e^{-\\lambda}`: uniform in :math:`\\tilde\\sigma^{1/\\rho}`."""
     _check_steps(num_steps)
+    _single(process, "karras")
     if rho <= 0:
         raise ValueError(f"rho must be positive, got {rho}")
     hi, lo = _ends(process, t_max, t_min)
