@@ -48,7 +48,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sciffusion import samplers as S
@@ -389,7 +388,8 @@ def main(argv=None):
                          f"(batch {n_time}), {os_o * 1e3:.1f} vs {os_p * 1e3:.1f} ms (batch 256)"
                          if "time_ratio" in row else "")
                 print(f"peer {p.name:7s} {algo:9s} {grid_label[:6]:6s} NFE {nfe:3d}  error ours {row['error_ours']:.4f}"
-                      f"  diffusers {row['error_peer']:.4f}  ratio {row['error_ratio']:.3f}{extra}", flush=True)
+                      f"  diffusers {row['error_peer']:.4f}  ratio {row['error_ratio']:.3f}  max|ours - peer| "
+                      f"{row['max_abs_diff']:.1e}{extra}", flush=True)
 
     import diffusers
 

@@ -76,8 +76,8 @@ def test_vp_subvp_closed_forms():
 
 @pytest.mark.parametrize("p", PROCESSES, ids=ids)
 def test_forward_sde_marginal_matches_alpha_sigma(p):
-    """Simulate dx = f x dt + g dW by Euler–Maruyama from s = t_min to T' = t_min + 0.9 (t_max - t_min), started from the exact
-    marginal N(alpha_s m, alpha_s^2 c + sigma_s^2) of data N(m, c) (1-D, m=1.5, c=0.5).
+    """Simulate dx = f x dt + g dW by Euler–Maruyama from s = t_min to T' = t_min + 0.9 (t_max - t_min),
+    started from the exact marginal N(alpha_s m, alpha_s^2 c + sigma_s^2) of data N(m, c) (1-D, m=1.5, c=0.5).
 
     Figures: mean and variance at T' vs alpha m and alpha^2 c + sigma^2. Tolerance: 5 Monte
     Carlo standard errors (n = 20000: SE(mean) = sd/141, SE(var) = var * 1%) plus the EM weak
