@@ -445,19 +445,26 @@ def sample_ddim(denoiser, x, ts, *, eta: float = 0.0, generator=None, callback=N
         raise ValueError(f"eta must be >= 0, got {eta}")
     p = denoiser.process
     ts = check_ts(ts, p)
-    # coefficients for the whole grid at once (float64), so a step is two fused multiply-adds
+    # coefficients for the whole grid at once (float64); a tensor state gets them as Python floats,
+    # so a deterministic step is two scalar multiply-adds with no per-step coefficient tensors
     a_all, s_all, lam_all = p.alpha(ts), p.sigma(ts), p.lam(ts)
+    fast = isinstance(x, torch.Tensor)
+    if fast:
+        a_f, s_f, lam_f = a_all.tolist(), s_all.tolist(), lam_all.tolist()
     for i in _steps(ts, progress, "ddim"):
         t, tn = ts[i], ts[i + 1]
         x0, eps = denoiser.predict(x, t)
-        a_n = tree_map(lambda a: a[i + 1], a_all)
-        s_n = tree_map(lambda s_: s_[i + 1], s_all)
-        if eta == 0:
-            x = tree_map(lambda x0i, ei, ai, si: bcast(ai, x0i) * x0i + bcast(si, ei) * ei, x0, eps, a_n, s_n)
+        if fast:
+            c2 = -(eta ** 2) * s_f[i + 1] ** 2 * math.expm1(2 * (lam_f[i] - lam_f[i + 1]))
+            x = x0 * a_f[i + 1] + eps * math.sqrt(s_f[i + 1] ** 2 - c2)
+            if eta > 0:
+                x = x + math.sqrt(c2) * _noise(p, x, generator)
         else:
+            a_n = tree_map(lambda a: a[i + 1], a_all)
+            s_n = tree_map(lambda s_: s_[i + 1], s_all)
             c2 = tree_map(lambda sn, lam: -(eta ** 2) * sn * sn * torch.expm1(2 * (lam[i] - lam[i + 1])),
                           s_n, lam_all)
-            z = _noise(p, x, generator)
+            z = _noise(p, x, generator) if eta > 0 else tree_map(torch.zeros_like, x)
             x = tree_map(lambda x0i, ei, zi, ai, si, ci: bcast(ai, x0i) * x0i
                          + bcast((si * si - ci).sqrt(), ei) * ei + bcast(ci.sqrt(), zi) * zi,
                          x0, eps, z, a_n, s_n, c2)
