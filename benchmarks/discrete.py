@@ -2,7 +2,7 @@
 
 Part 1 (``--part text``, CPU): a 27-symbol second-order Markov source (a-z and space; entropy known
 exactly, :class:`~sciffusion.domains.discrete.sources.SecondOrderMarkovSource`). A small
-transformer is trained for each process (masked, uniform, absorbing-uniform) with the same budget;
+dilated CNN is trained for each process (masked, uniform, absorbing-uniform) with the same budget;
 reported per process: held-out NELBO (bits/token) and its gap to the exact entropy of a window;
 per sampler (first-hitting; ancestral / predictor at L and 4L steps): the exact NLL of the samples
 under the true source (nats/token, the source's own is the entropy), the unigram entropy of the
@@ -51,9 +51,11 @@ def text_part(train_steps: int, L: int, num_samples: int, seed: int = 0) -> dict
            "data_unigram_entropy": _unigram_entropy(data, 27), "processes": {}}
     for kind in ("masked", "uniform", "absorbing_uniform"):
         t0 = time.perf_counter()
-        res, proc, _ = train(data, vocab_size=27, process=kind, arch="transformer",
-                             arch_kwargs={"d_model": 64, "nhead": 4, "num_layers": 2}, steps=train_steps,
-                             batch_size=128, lr=2e-3, ema_decay=0.995, seed=seed, progress=False)
+        # the dilated CNN: its local receptive field suits a second-order source, and it learned far
+        # faster per CPU second than the 2-layer transformer did in a first run of this script
+        res, proc, _ = train(data, vocab_size=27, process=kind, arch="cnn",
+                             arch_kwargs={"channels": 96, "depth": 5}, steps=train_steps,
+                             batch_size=128, lr=3e-3, ema_decay=0.99, seed=seed, progress=False)
         train_s = time.perf_counter() - t0
         model = res.ema
         ev = evaluate_likelihood(model, proc, test, num_samples=8, generator=torch.Generator().manual_seed(seed))

@@ -43,16 +43,21 @@ def test_masked_model_is_time_free():
         m(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1))
 
 
-def test_training_lowers_the_elbo_and_model_file_round_trips(tmp_path):
+@pytest.mark.parametrize("arch, kw", [("cnn", {"channels": 16, "depth": 2}),
+                                      ("transformer", {"d_model": 32, "num_layers": 1})])
+def test_training_lowers_the_elbo_and_model_file_round_trips(tmp_path, arch, kw):
     """Figure: 60 Adam steps on data that is a single repeated sequence lower the masked NELBO per
     token from about log V = 1.61 to below 1.0 (a memorisable target; fails if gradients do not
-    flow); the saved model file rebuilds a network with identical outputs (exact equality)."""
+    flow); the saved model file rebuilds a network with the same outputs (1e-5: PyTorch may
+    route eval-mode attention through a different kernel)."""
     x = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]]).repeat(256, 1)
-    res, proc, cfg = train(x, vocab_size=5, process="masked", arch="cnn", arch_kwargs={"channels": 16, "depth": 2},
+    res, proc, cfg = train(x, vocab_size=5, process="masked", arch=arch, arch_kwargs=kw,
                            steps=60, batch_size=32, lr=1e-2, ema_decay=0.5, progress=False,
                            checkpoint=tmp_path / "fit.pt", checkpoint_every=30)
     assert res.losses[0] > 1.2 and sum(res.losses[-10:]) / 10 < 1.0
     path = save_model(tmp_path / "m.pt", res.ema, cfg, alphabet="abcde")
     m2, proc2, cfg2, alphabet = load_model(path)
     xm = torch.full((2, 8), 5, dtype=torch.long)
-    assert torch.equal(m2(xm), res.ema(xm)) and alphabet == "abcde" and proc2.kind == "masked"
+    with torch.no_grad():  # same (fast or slow) attention path for both; 1e-5 covers kernel differences
+        assert torch.allclose(m2(xm), res.ema(xm), atol=1e-5)
+    assert alphabet == "abcde" and proc2.kind == "masked"
