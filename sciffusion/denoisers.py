@@ -93,12 +93,23 @@ class Denoiser:
         pairs = tree_map(_to_x0_eps, self._param_tree(x), x, out, a, s, da, ds)
         return _unzip(pairs, x)
 
+    def _direct(self, x: Any, t: Any) -> torch.Tensor:
+        """The model's own output, when it already is what was asked for (no conversion needed)."""
+        out = self.model(x, self._time(x, t))
+        self.nfe += 1
+        _check_shape(out, x)
+        return out
+
     def x0(self, x: Any, t: Any) -> Any:
         """Posterior mean of the data :math:`\\mathbb E[x_0\\mid x_t]`."""
+        if isinstance(x, torch.Tensor) and self.parameterization == "x0":
+            return self._direct(x, t)
         return self.predict(x, t)[0]
 
     def eps(self, x: Any, t: Any) -> Any:
         """Noise prediction :math:`\\mathbb E[\\varepsilon\\mid x_t]`."""
+        if isinstance(x, torch.Tensor) and self.parameterization == "eps":
+            return self._direct(x, t)
         return self.predict(x, t)[1]
 
     def score(self, x: Any, t: Any) -> Any:
@@ -127,10 +138,14 @@ class Denoiser:
         return f"Denoiser({self.parameterization!r}, {self.process!r})"
 
 
-def _to_x0_eps(kind, x, out, a, s, da, ds):
+def _check_shape(out, x):
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"model output has shape {got}, expected the state's shape {tuple(x.shape)}")
+
+
+def _to_x0_eps(kind, x, out, a, s, da, ds):
+    _check_shape(out, x)
     a, s, da, ds = (bcast(c, x) for c in (a, s, da, ds))
     if kind == "eps":
         return (x - s * out) / a, out

@@ -453,13 +453,17 @@ def sample_ddim(denoiser, x, ts, *, eta: float = 0.0, generator=None, callback=N
         a_f, s_f, lam_f = a_all.tolist(), s_all.tolist(), lam_all.tolist()
     for i in _steps(ts, progress, "ddim"):
         t, tn = ts[i], ts[i + 1]
-        x0, eps = denoiser.predict(x, t)
         if fast:
+            # the same update with x0 = (x - sigma eps)/alpha substituted: one model output, two
+            # scalar multiply-adds: x' = (a'/a) x + (sqrt(s'^2 - c^2) - a' s/a) eps + c z
+            eps = denoiser.eps(x, t)
             c2 = -(eta ** 2) * s_f[i + 1] ** 2 * math.expm1(2 * (lam_f[i] - lam_f[i + 1]))
-            x = x0 * a_f[i + 1] + eps * math.sqrt(s_f[i + 1] ** 2 - c2)
+            ratio = a_f[i + 1] / a_f[i]
+            x = x * ratio + eps * (math.sqrt(s_f[i + 1] ** 2 - c2) - ratio * s_f[i])
             if eta > 0:
                 x = x + math.sqrt(c2) * _noise(p, x, generator)
         else:
+            x0, eps = denoiser.predict(x, t)
             a_n = tree_map(lambda a: a[i + 1], a_all)
             s_n = tree_map(lambda s_: s_[i + 1], s_all)
             c2 = tree_map(lambda sn, lam: -(eta ** 2) * sn * sn * torch.expm1(2 * (lam[i] - lam[i + 1])),
