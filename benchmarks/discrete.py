@@ -9,11 +9,12 @@ under the true source (nats/token, the source's own is the entropy), the unigram
 samples against the data's (diversity), NFE and seconds.
 
 Part 2 (``--part overhead``): the sampler's own cost at scale, L = 1024, V = 50257, with a fixed
-model that returns precomputed logits (zero compute), first-hitting against ancestral with 1024
-steps (cached and uncached), one sequence, timed in one run; ratios printed.
+model that returns precomputed logits (zero compute), first-hitting against cached ancestral with
+L steps (``--uncached`` adds the uncached one; slow on CPU), one sequence, timed in one process;
+ratios printed.
 
     python benchmarks/discrete.py                      # both parts, writes benchmarks/results/discrete.json
-    python benchmarks/discrete.py --part overhead --device cuda
+    python benchmarks/discrete.py --part overhead --overhead-length 256 --uncached
 """
 
 from __future__ import annotations
