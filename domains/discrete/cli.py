@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 import time
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
-
 SAMPLER_CHOICES = ("first_hitting", "ancestral", "remdm", "uniform", "absorbing_uniform")
 
 
 def _train(args) -> int:
-    from .io import load_text, load_tokens, save_tokens  # noqa: F401
+    from .io import load_text, load_tokens
     from .losses import evaluate_likelihood
     from .train import save_model, train
 
