@@ -27,6 +27,17 @@ expectation (the reverse process then reproduces the forward path measure; teste
             \\begin{cases} -\\log\\hat p(x_0^i) - \\hat p(z^i) & x_0^i \\ne z^i \\\\
                            1 - \\hat p(z^i) & x_0^i = z^i\\end{cases}dt
 
+* :func:`masked_elbo_count` — the same masked NELBO, estimated over the number of masked sites
+  instead of over :math:`t`. With :math:`u = 1-\alpha_t` the integral above is
+  :math:`\int_0^1 u^{-1}\,\mathbb E_{m\sim\mathrm{Bern}(u)^L}[\sum_{i\in m} \ell_i]\,du`; conditioning on
+  :math:`k = |m|` and using :math:`\binom Lk\int_0^1 u^{k-1}(1-u)^{L-k}du = 1/k` gives (schedule-free)
+
+  .. math:: \mathcal L = L\,\mathbb E_{k\sim\mathcal U\{1..L\}}\,\mathbb E_{m:\,|m|=k}
+            \Big[\frac1k\sum_{i\in m} -\log p_\theta(x_0^i \mid x_m)\Big]
+
+  — the any-order autoregressive form (Hoogeboom et al. 2022, ARDM; Ou et al. 2024, RADD). The
+  random weight :math:`\alpha'/(1-\alpha)\cdot|m|` of the time form (variance :math:`\propto(1-u)/u`, huge
+  as :math:`t \to 0`) becomes the constant :math:`L`; it is the default masked training loss.
 * :func:`cross_entropy_loss` — unweighted cross-entropy on masked sites (not a bound; MaskGIT-style).
 
 :func:`make_loss` adapts these to :func:`sciffusion.training.fit` (mean per token);
@@ -42,7 +53,8 @@ import torch
 from .posteriors import concrete_score_from_loo
 from .processes import AbsorbingUniformProcess, MaskedProcess, UniformProcess, check_tokens
 
-__all__ = ["masked_elbo", "uniform_elbo", "absorbing_uniform_elbo", "cross_entropy_loss", "make_loss",
+__all__ = ["masked_elbo", "masked_elbo_count", "uniform_elbo", "absorbing_uniform_elbo", "cross_entropy_loss",
+           "make_loss",
            "evaluate_likelihood", "sample_times"]
 
 
@@ -67,6 +79,29 @@ def masked_elbo(model, process: MaskedProcess, x0: torch.Tensor, generator=None,
     nll = -_logp(model(xt), x0)
     masked = xt == process.mask_id
     return process.schedule.elbo_weight(t) * torch.where(masked, nll, torch.zeros_like(nll)).sum(-1)
+
+
+def masked_elbo_count(model, process: MaskedProcess, x0: torch.Tensor, generator=None, k=None) -> torch.Tensor:
+    """One-sample masked NELBO per sequence, ``(B,)`` nats, drawn over the mask count (see module doc).
+
+    ``k`` (``(B,)`` long in ``1..L``) defaults to stratified counts: one per bin of ``1..L``, so a
+    batch covers all mask levels evenly; the ``k`` masked sites are a uniformly random subset.
+    Unbiased for the same NELBO as :func:`masked_elbo`, for every schedule.
+    """
+    x0 = check_tokens(x0, process.vocab_size)
+    B, L = x0.shape
+    if k is None:
+        # stratified u in (0, 1] -> k = ceil(u L) in 1..L, each count equally likely
+        k = torch.ceil(sample_times(B, generator) * L).long().clamp(1, L)
+    k = torch.as_tensor(k, dtype=torch.long, device=x0.device)
+    if k.shape != (B,) or bool((k < 1).any()) or bool((k > L).any()):
+        raise ValueError(f"k must be a (B,) = ({B},) tensor of counts in 1..{L}")
+    # a uniform random k-subset: the k smallest of L i.i.d. uniforms
+    rank = torch.rand(B, L, generator=generator, dtype=torch.float64).argsort(-1).argsort(-1)
+    masked = rank.to(x0.device) < k[:, None]
+    xt = torch.where(masked, torch.full_like(x0, process.mask_id), x0)
+    nll = -_logp(model(xt), x0)
+    return (L / k.double()) * torch.where(masked, nll, torch.zeros_like(nll)).sum(-1)
 
 
 def cross_entropy_loss(model, process: MaskedProcess, x0, generator=None, t=None) -> torch.Tensor:
@@ -130,14 +165,16 @@ _ELBOS = {"masked": masked_elbo, "uniform": uniform_elbo, "absorbing_uniform": a
 
 def make_loss(process, kind: str = "elbo"):
     """A ``loss_fn(model, x0, generator)`` for :func:`sciffusion.training.fit`: mean NELBO per token
-    (``kind="elbo"``) or, for masked diffusion, the unweighted cross-entropy (``"cross_entropy"``)."""
+    (``kind="elbo"``; masked: :func:`masked_elbo_count`) or, for masked diffusion, the unweighted
+    cross-entropy (``"cross_entropy"``)."""
     if kind == "cross_entropy":
         if not isinstance(process, MaskedProcess):
             raise ValueError("cross_entropy loss is defined for MaskedProcess only")
         return lambda model, x0, generator: cross_entropy_loss(model, process, x0, generator).mean()
     if kind != "elbo":
         raise ValueError(f"kind must be 'elbo' or 'cross_entropy', got {kind!r}")
-    fn = _ELBOS[process.kind]
+    # masked: the count form of the same NELBO (constant weight, far lower variance than the time form)
+    fn = masked_elbo_count if process.kind == "masked" else _ELBOS[process.kind]
     return lambda model, x0, generator: fn(model, process, x0, generator).mean() / x0.shape[1]
 
 
