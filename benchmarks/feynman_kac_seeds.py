@@ -108,10 +108,11 @@ def main():
             occs.append(occ)
             tvs.append(round(tv, 4))
             ancs.append(anc)
+            empty = int((occ == 0).sum())
             rows.append({"config": name, "seed": seed, "tv": round(tv, 4), "resampling_events": len(res.resample_steps),
-                         "distinct_ancestors": anc})
-            print(f"{name}: seed {seed} TV {tv:.4f} events {len(res.resample_steps)} distinct ancestors {anc}",
-                  flush=True)
+                         "empty_modes": empty, "distinct_ancestors": anc})
+            print(f"{name}: seed {seed} TV {tv:.4f} events {len(res.resample_steps)} empty modes {empty} "
+                  f"distinct ancestors {anc}", flush=True)
         occs = np.array(occs)
         s = {"config": name, "tv_seeds": tvs, "tv_mean": round(float(np.mean(tvs)), 4),
              "tv_sd": round(float(np.std(tvs, ddof=1)), 4),
