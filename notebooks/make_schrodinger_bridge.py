@@ -1,4 +1,4 @@
-"""Writes notebooks/schrodinger_bridge.ipynb (run: python notebooks/schrodinger_bridge_generate.py)."""
+"""Writes notebooks/schrodinger_bridge.ipynb (run: python notebooks/make_schrodinger_bridge.py)."""
 
 from pathlib import Path
 
