@@ -15,6 +15,7 @@ Commands::
 from __future__ import annotations
 
 import json
+import math
 import logging
 import time
 from pathlib import Path
@@ -134,7 +135,8 @@ def _cmd_fit(args) -> int:
                                                      title=f"fitted {res.reference.name} drift")
     for name, fig in figs.items():
         fig.savefig(out / name, dpi=110)
-    (out / "params.json").write_text(json.dumps(report, indent=2, default=float))
+    # strict JSON for other tools: the first iteration's parameter change is infinite -> null
+    (out / "params.json").write_text(json.dumps(_finite(report), indent=2, default=float, allow_nan=False))
     print(json.dumps({"params": report["params"], "converged": res.converged,
                       **({"bootstrap": report["bootstrap"]} if "bootstrap" in report else {}),
                       **({"held_out_sliced_w1": report["held_out_sliced_w1"]} if test else {})},
@@ -238,3 +240,16 @@ def tour(out_dir: Path, quick: bool) -> dict:
     return {"section": "schrodinger_bridge", "seconds": round(time.perf_counter() - t_start, 1),
             "rows": rows, "figures": figures,
             "note": "W1 to a fresh true sample at held-out odd times / two-sample floor (1 = perfect)"}
+
+
+def _finite(obj):
+    """``obj`` with non-finite floats replaced by ``None`` (JSON has no NaN or Infinity)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return _finite(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
