@@ -45,54 +45,24 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from sciffusion.categorical import sample_categorical
-from sciffusion.smc import SMCState, ess, maybe_resample, normalize
+from sciffusion.smc import SMCState, ess, maybe_resample
+
+from .fkc import FKCResult
 
 RATES = ("annealed", "base")
 
 
-@dataclass
-class MaskedFKCResult:
-    """Weighted token sequences from :func:`sample_fkc_masked`.
-
-    Attributes:
-        x: ``(G*N, L)`` long tokens (group-major), fully unmasked at the end of the grid.
-        log_w: ``(G, N)`` log-weights carried since the last resampling.
-        log_z: ``(G,)`` estimate of :math:`\\log\\sum_x\\prod_k p_k(x)^{a_k}`.
-        ess: ``(num_steps,)`` mean ESS after each reweighting (before resampling).
-        min_ess: ``(num_steps,)`` smallest group's ESS.
-        resample_steps: steps at which a group resampled.
-        nfe: batched model calls (all models).
-    """
-
-    x: torch.Tensor
-    log_w: torch.Tensor
-    log_z: torch.Tensor
-    ess: torch.Tensor
-    min_ess: torch.Tensor
-    resample_steps: list = field(default_factory=list)
-    nfe: int = 0
-
-    @property
-    def num_groups(self) -> int:
-        return self.log_w.shape[0]
-
-    @property
-    def num_particles(self) -> int:
-        return self.log_w.shape[1]
-
-    @property
-    def num_resampling_events(self) -> int:
-        return len(self.resample_steps)
-
-    def weights(self) -> torch.Tensor:
-        return normalize(self.log_w)
+class MaskedFKCResult(FKCResult):
+    """Weighted token sequences from :func:`sample_fkc_masked`: an :class:`FKCResult` whose ``x``
+    is ``(G*N, L)`` long tokens (group-major, fully unmasked at the end of the grid), ``ts`` the
+    masking-time grid, ``log_z`` the estimate of :math:`\\log\\sum_x\\prod_k p_k(x)^{a_k}` and
+    ``nfe`` the batched model calls (all models)."""
 
 
 def _check(models, exponents, process, num_particles, rate, threshold):
@@ -211,7 +181,7 @@ def sample_fkc_masked(models: Sequence[Callable], exponents: Sequence[float], pr
     if correct and warn_ess is not None and len(min_hist) and float(min_ess.min()) < warn_ess * N:
         warnings.warn(f"FKC (masked) weight degeneracy: a group's ESS fell to {float(min_ess.min()):.1f} of "
                       f"{N} particles; use more particles or steps", RuntimeWarning, stacklevel=2)
-    return MaskedFKCResult(x=x, log_w=state.log_w, log_z=state.log_normalizer(),
+    return MaskedFKCResult(x=x, log_w=state.log_w, log_z=state.log_normalizer(), ts=ts,
                            ess=torch.tensor(ess_hist, dtype=torch.float64), min_ess=min_ess,
                            resample_steps=list(state.resample_steps), nfe=nfe)
 
