@@ -68,6 +68,13 @@ def _shape(shape, x, prior):
     return prior(shape)
 
 
+def _masked_start(model, process, shape, x):
+    """The validated starting tokens of a masked sampler: ``x`` (copied) or the all-mask prior."""
+    x = _shape(shape, x, process.prior)
+    return check_tokens(x, process.vocab_size, "x", allow=process.mask_id,
+                        max_len=getattr(model, "max_len", None))
+
+
 def _grid(num_steps):
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
@@ -113,9 +120,7 @@ def sample_ancestral(model, process: MaskedProcess, shape=None, num_steps: int =
             demonstrate the float32 bias).
     """
     _check_process(process, MaskedProcess)
-    x = _shape(shape, x, process.prior)
-    x = check_tokens(x, process.vocab_size, "x", allow=process.mask_id,
-                     max_len=getattr(model, "max_len", None))
+    x = _masked_start(model, process, shape, x)
     B, L, V, m = *x.shape, process.vocab_size, process.mask_id
     dev = x.device
     ts = _grid(num_steps)
@@ -177,9 +182,7 @@ def sample_first_hitting(model, process: MaskedProcess, shape=None, *, generator
     with ``return_times=True`` (as ``sample.times``, ``(B, n)``, decreasing).
     """
     _check_process(process, MaskedProcess)
-    x = _shape(shape, x, process.prior)
-    x = check_tokens(x, process.vocab_size, "x", allow=process.mask_id,
-                     max_len=getattr(model, "max_len", None))
+    x = _masked_start(model, process, shape, x)
     B, L, V, m = *x.shape, process.vocab_size, process.mask_id
     sched = process.schedule
     dev = x.device
@@ -226,9 +229,7 @@ def sample_remdm(model, process: MaskedProcess, shape=None, num_steps: int = 128
         raise ValueError(f"strategy must be 'cap' or 'rescale', got {strategy!r}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    x = _shape(shape, x, process.prior)
-    x = check_tokens(x, process.vocab_size, "x", allow=process.mask_id,
-                     max_len=getattr(model, "max_len", None))
+    x = _masked_start(model, process, shape, x)
     B, L, V, m = *x.shape, process.vocab_size, process.mask_id
     ts = _grid(num_steps)
     al = process.alpha(ts)
