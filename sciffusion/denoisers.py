@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from .utils import batch_size, bcast, choice_error, tree_leaves, tree_map
+from .utils import batch_size, bcast, choice_error, tree_leaves, tree_map, tree_unzip
 
 PARAMETERIZATIONS = ("eps", "x0", "score", "v", "velocity")
 
@@ -91,7 +91,7 @@ class Denoiser:
         self.nfe += 1
         a, s, da, ds = self._coeffs(t64, self._needs_derivatives())
         pairs = tree_map(_to_x0_eps, self._param_tree(x), x, out, a, s, da, ds)
-        return _unzip(pairs, x)
+        return tree_unzip(pairs, x)
 
     def _direct(self, x: Any, t: Any) -> torch.Tensor:
         """The model's own output, when it already is what was asked for (no conversion needed)."""
@@ -160,10 +160,3 @@ def _to_x0_eps(kind, x, out, a, s, da, ds):
     det = a * ds - s * da  # velocity; det = alpha sigma (dlog sigma - dlog alpha) > 0
     return (ds * x - s * out) / det, (a * out - da * x) / det
 
-
-def _unzip(pairs, like):
-    if isinstance(like, dict):
-        return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
-    if isinstance(like, (tuple, list)):
-        return type(like)(p[0] for p in pairs), type(like)(p[1] for p in pairs)
-    return pairs

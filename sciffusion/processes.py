@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .utils import as_time, bcast, tree_map
+from .utils import as_time, bcast, tree_map, tree_unzip
 
 
 class Process:
@@ -340,10 +340,7 @@ class JointProcess:
         return tuple(getattr(p, method)(*args) for p in self.processes)
 
     def _each_x(self, method, x, *args):
-        return tree_map(lambda p, xi: getattr(p, method)(xi, *args), self._tree(), x)
-
-    def _tree(self):
-        return self.processes
+        return tree_map(lambda p, xi: getattr(p, method)(xi, *args), self.processes, x)
 
     def __getattr__(self, method):
         if method.startswith("_") or method in {"processes"}:
@@ -353,14 +350,12 @@ class JointProcess:
         return lambda *a: self._each(method, *a)
 
     def perturb(self, x0, t, generator=None):
-        pairs = tree_map(lambda p, xi: p.perturb(xi, t, generator), self._tree(), x0)
-        if isinstance(pairs, dict):
-            return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
-        return tuple(v[0] for v in pairs), tuple(v[1] for v in pairs)
+        pairs = tree_map(lambda p, xi: p.perturb(xi, t, generator), self.processes, x0)
+        return tree_unzip(pairs, x0)
 
     def prior_sample(self, shapes, generator=None, dtype=torch.float32, device=None):
         return tree_map(lambda p, s: p.prior_sample(s, generator, dtype, device),
-                        self._tree(), shapes if not isinstance(shapes, list) else tuple(shapes))
+                        self.processes, shapes if not isinstance(shapes, list) else tuple(shapes))
 
     def __repr__(self):
         return f"JointProcess({self.processes!r})"

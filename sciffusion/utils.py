@@ -54,6 +54,16 @@ def tree_map(fn: Callable[..., Any], *trees: State) -> State:
     return fn(*trees)
 
 
+def tree_unzip(pairs: State, like: State) -> tuple[State, State]:
+    """Split a tree of pairs (the result of a ``tree_map`` returning 2-tuples) into two trees
+    shaped like ``like``."""
+    if isinstance(like, dict):
+        return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
+    if isinstance(like, (tuple, list)):
+        return type(like)(p[0] for p in pairs), type(like)(p[1] for p in pairs)
+    return pairs
+
+
 def tree_leaves(tree: State) -> list[torch.Tensor]:
     """The tensors of a state, in order."""
     if isinstance(tree, dict):
@@ -69,11 +79,6 @@ def batch_size(x: State) -> int:
     if len(sizes) != 1:
         raise ValueError(f"state tensors disagree on the batch size: {sorted(sizes)}")
     return sizes.pop()
-
-
-def tree_sum_per_sample(x: State) -> torch.Tensor:
-    """Sum of every non-batch entry of every component, shape ``(B,)``."""
-    return sum(leaf.flatten(1).sum(1) for leaf in tree_leaves(x))
 
 
 def tree_numel_per_sample(x: State) -> int:
