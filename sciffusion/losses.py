@@ -78,12 +78,7 @@ def dsm_loss(model, x0: torch.Tensor, process, *, parameterization: str = "eps",
     B = x0.shape[0]
     t = lo + (hi - lo) * torch.rand(B, generator=generator, dtype=torch.float64)
     xt, eps = process.perturb(x0, t, generator)
-    den = Denoiser(model, process, parameterization)
-    out = model(xt, t.to(x0.dtype))
-    a, s, da, ds = process.alpha(t), process.sigma(t), process.d_alpha(t), process.d_sigma(t)
-    from .denoisers import _to_x0_eps
-
-    _, eps_hat = _to_x0_eps(den.parameterization, xt, out, a, s, da, ds)
+    eps_hat = Denoiser(model, process, parameterization).eps(xt, t)  # per-sample times
     w = eps_weight(process, t, weighting, gamma)
     err = (eps_hat - eps).pow(2).flatten(1).sum(1)
     loss = bcast(w, err) * err
