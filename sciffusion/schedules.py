@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .utils import choice_error
+from .utils import choice_error, tree_leaves
 
 
 def _ends(process, t_max, t_min):
@@ -108,9 +108,7 @@ def check_ts(ts: Any, process=None) -> torch.Tensor:
         if ts.min() < lo or ts.max() > hi * (1 + 1e-12):
             raise ValueError(f"ts must lie in [{lo}, {hi}] for {process!r}; got [{ts.min().item():.6g}, "
                              f"{ts.max().item():.6g}]")
-        lams = process.lam(ts)
-        lams = lams.values() if isinstance(lams, dict) else lams if isinstance(lams, tuple) else [lams]
-        if not all(torch.isfinite(torch.as_tensor(lam)).all() for lam in lams):
+        if not all(torch.isfinite(lam).all() for lam in tree_leaves(process.lam(ts))):
             raise ValueError(f"lambda(t) is infinite on this grid for {process!r}: keep ts inside "
                              f"[{process.t_min}, {process.t_max}] (alpha or sigma vanishes at the ends)")
     return ts
