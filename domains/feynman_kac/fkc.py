@@ -343,6 +343,7 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
                integrator: str = "exponential", weight_rule: str = "left", correct: bool = True, threshold: float = 0.5,
                scheme: str = "systematic", resample_window: tuple | None = None,
                correction_window: tuple | None = None, warn_ess: float | None = 0.01,
+               log_weights: torch.Tensor | None = None,
                generator: torch.Generator | None = None, callback: Callable | None = None,
                progress: bool = False, dtype=torch.float32, device=None) -> FKCResult:
     """Feynman–Kac corrected SMC sampling of a :class:`Target` (paper Alg. 1).
@@ -395,6 +396,10 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
             short of the full grid leaves the target uncorrected outside the window (biased; for
             ablations).
         warn_ess: warn once (``RuntimeWarning``) if some group's ESS fell below ``warn_ess * N``.
+        log_weights: optional starting log-weights ``(G, N)`` or ``(G*N,)``: the importance weights
+            :math:`\log \tilde p_{T}(x) - \log \pi(x)` of a starting state drawn from a proposal
+            :math:`\pi`, when the experts' noised density at ``ts[0]`` is known (e.g. exact mixtures)
+            and :math:`N(0, s^2/A)` is not exact there. They enter ``log_z`` as well.
         generator: the only source of randomness.
         callback: ``callback(i, t_next, x, state)`` after every step.
 
@@ -431,6 +436,16 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
         raise ValueError(f"the starting state has batch {B}, not a multiple of num_particles={N}")
     G = B // N
     state = SMCState.init(G, N, device=tree_leaves(x)[0].device)
+    if log_weights is not None:
+        lw = torch.as_tensor(log_weights, dtype=torch.float64, device=state.log_w.device)
+        if lw.numel() != G * N:
+            raise ValueError(f"log_weights must have G*N = {G * N} entries ((G, N) or (G*N,)), "
+                             f"got shape {tuple(lw.shape)}")
+        if torch.isnan(lw).any() or (lw == float("inf")).any() or \
+                not torch.isfinite(lw.reshape(G, N)).any(1).all():
+            raise ValueError("log_weights must be finite or -inf (zero weight), with a finite "
+                             "entry in every group; got NaN, +inf or an all -inf group")
+        state.reweight(lw.reshape(G, N))
     if _is_shape(x_or_shape):
         state.log_z = state.log_z + _log_z_prior(p, x, A)
     betas = _reward_schedule(target, ts)
