@@ -16,19 +16,19 @@ euler              1      1         no          yes     PF-ODE, Euler in t
 heun               2      2         no          yes     PF-ODE, Heun in t (Karras Alg. 1)
 dopri5             5      adaptive  no          yes     PF-ODE, torchdiffeq Dormand–Prince
 ddim               1      1         no          yes     DDIM (``eta>0``: stochastic, weak order 1)
-dpm_solver_1       1      1         no          no      DPM-Solver-1 (= DDIM), eps prediction
-dpm_solver_2       2      2         no          no      DPM-Solver-2 singlestep, r1 = 1/2
-dpm_solver_3       3      3         no          no      DPM-Solver-3 singlestep, r1 = 1/3, r2 = 2/3
-dpmpp_2m           2      1         no          no      DPM-Solver++(2M), x0 prediction, multistep
-dpmpp_2m_sde       1      1         yes         no      SDE-DPM-Solver++(2M) (weak order)
-dpmpp_3m           3      1 (+2)    no          no      DPM-Solver++ 3rd-order multistep, derived here
-unipc              3      1         no          no      UniPC, predictor order 2 (default) + UniC
-unipc_1            2      1         no          no      UniP-1 + UniC-1
-unipc_2            3      1         no          no      UniP-2 + UniC-2
-unipc_3            3      1         no          no      UniP-3 + UniC-3 (warm-up step limits it to 3)
-deis_1             1      1         no          no      DEIS, Adams–Bashforth 1 in rho = sigma/alpha (= DDIM)
-deis_2             2      1         no          no      DEIS, Adams–Bashforth 2 in rho
-deis_3             3      1 (+2)    no          no      DEIS, Adams–Bashforth 3 in rho, third-order start
+dpm_solver_1       1      1         no          yes     DPM-Solver-1 (= DDIM), eps prediction
+dpm_solver_2       2      2         no          yes     DPM-Solver-2 singlestep, r1 = 1/2
+dpm_solver_3       3      3         no          yes     DPM-Solver-3 singlestep, r1 = 1/3, r2 = 2/3
+dpmpp_2m           2      1         no          yes     DPM-Solver++(2M), x0 prediction, multistep
+dpmpp_2m_sde       1      1         yes         yes     SDE-DPM-Solver++(2M) (weak order)
+dpmpp_3m           3      1 (+2)    no          yes     DPM-Solver++ 3rd-order multistep, derived here
+unipc              3      1         no          yes     UniPC, predictor order 2 (default) + UniC
+unipc_1            2      1         no          yes     UniP-1 + UniC-1
+unipc_2            3      1         no          yes     UniP-2 + UniC-2
+unipc_3            3      1         no          yes     UniP-3 + UniC-3 (warm-up step limits it to 3)
+deis_1             1      1         no          yes     DEIS, Adams–Bashforth 1 in rho = sigma/alpha (= DDIM)
+deis_2             2      1         no          yes     DEIS, Adams–Bashforth 2 in rho
+deis_3             3      1 (+2)    no          yes     DEIS, Adams–Bashforth 3 in rho, third-order start
 =================  =====  ========  ==========  ======  =============================================
 
 (The table is checked against :data:`SAMPLERS` by the tests; "(+2)" is ``extra_nfe``.) NFE rule:
@@ -66,6 +66,19 @@ polynomial of degree below the number of nodes solve the Vandermonde system
 :math:`\\sum_j w_j r_j^k = k!\\,h\\,\\varphi_{k+1}(ch)` (:func:`ei_weights`). :func:`phi` evaluates
 :math:`\\varphi_k` in float64 by its Taylor series :math:`\\sum_j z^j/(j+k)!` for :math:`|z|<1` (where the
 recursion would cancel) and by the expm1 recursion otherwise.
+
+**Tuple states.** With a :class:`~sciffusion.processes.JointProcess` (one process per component
+of a tuple/dict state, e.g. graph node features and adjacency) the exponential integrators solve
+the state component by component (:func:`_componentwise`): every update above is linear in the
+state, and component k's update reads only its own :math:`\\alpha_k, \\sigma_k, \\lambda_k` on the
+shared time grid and its own prediction, so each component is integrated with its own lambda
+steps :math:`h_k` exactly as its tensor state would be. The model is called once per node for the
+whole state (the NFE rule is unchanged). Intermediate points of singlestep methods
+(dpm_solver_2/3, the third-order start) need one time for all components: the first component's
+lambda sets it and each component uses its own fraction of its step (:func:`_inner_nodes`, which
+says why the order is kept). A tensor state with one process is the one-component case and runs
+the same arithmetic. Grids for a JointProcess: ``time_uniform``/``quadratic``, or a grid built
+from one component (``logsnr_uniform(joint.processes[0], n)``).
 """
 
 from __future__ import annotations
@@ -73,14 +86,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .schedules import check_ts, get_schedule
-from .utils import bcast, check_finite, choice_error, tree_leaves, tree_map
+from .utils import bcast, check_finite, choice_error, tree_leaves, tree_map, tree_unzip
 
 logger = logging.getLogger(__name__)
 
@@ -151,13 +165,16 @@ def _done(x, i, t, name, callback):
         callback(i, t, x)
 
 
-def _tensor_state(x, name):
-    if not isinstance(x, torch.Tensor):
-        valid = sorted(k for k, v in SAMPLERS.items() if v.tuple_states)
-        raise TypeError(f"{name} supports tensor states only, got {type(x).__name__}; "
-                        f"for tuple/dict states use one of {valid}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+def _check_state(x, p, name):
+    """A tensor state needs one process and a tuple/dict state a JointProcess (one process per
+    component, same structure); every component must be a floating-point tensor."""
+    if hasattr(p, "processes") == isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: a tensor state needs a single process and a tuple/dict state a "
+                        f"JointProcess; got a {type(x).__name__} state with {p!r}")
+    for leaf in tree_leaves(x):
+        if not isinstance(leaf, torch.Tensor) or not leaf.is_floating_point():
+            got = leaf.dtype if isinstance(leaf, torch.Tensor) else type(leaf).__name__
+            raise TypeError(f"x must be a floating-point tensor (or a tuple/dict of them), got {got}")
 
 
 def _check_order(order, valid, name):
@@ -210,9 +227,11 @@ def ei_weights(r: Sequence[float], h: float, c: float) -> torch.Tensor:
     return np.linalg.solve(vander, mom)
 
 
-class _Node(NamedTuple):
-    """A time with its log-coefficients as Python floats (float64): computed once per grid
-    point, so the per-step arithmetic is scalar and does not call the process again."""
+@dataclass(frozen=True)
+class _Node:
+    """A time with one process's log-coefficients as Python floats (float64): computed once per
+    grid point, so the per-step arithmetic is scalar and does not call the process again. Not a
+    tuple, so that a tree of nodes (one per component of a tuple/dict state) has nodes as leaves."""
 
     t: torch.Tensor  # 0-d float64, passed to the model
     la: float  # log alpha_t
@@ -223,14 +242,96 @@ class _Node(NamedTuple):
         return self.la - self.ls
 
 
+def _components(p):
+    """The process of each state component: a JointProcess's ``processes`` (a tuple or dict shaped
+    like the state), or the process itself for a tensor state."""
+    return getattr(p, "processes", p)
+
+
 def _grid_nodes(p, ts) -> list:
-    la, ls = p.log_alpha(ts).tolist(), p.log_sigma(ts).tolist()
-    return [_Node(ts[i], la[i], ls[i]) for i in range(len(ts))]
+    """One node per grid time: a :class:`_Node`, or for a JointProcess a tree of them shaped like
+    the state (each component with its own alpha, sigma, lambda)."""
+
+    def one(q):
+        la, ls = q.log_alpha(ts).tolist(), q.log_sigma(ts).tolist()
+        return [_Node(ts[i], la[i], ls[i]) for i in range(len(ts))]
+
+    procs = _components(p)
+    per = tree_map(one, procs)
+    return [tree_map(lambda q, n: n[i], procs, per) for i in range(len(ts))]
+
+
+def _node_at_t(p, t: torch.Tensor) -> _Node:
+    return _Node(t, float(p.log_alpha(t)), float(p.log_sigma(t)))
 
 
 def _node_at_lam(p, lam: float) -> _Node:
-    t = p.t_of_lam(torch.tensor(lam, dtype=torch.float64))
-    return _Node(t, float(p.log_alpha(t)), float(p.log_sigma(t)))
+    return _node_at_t(p, p.t_of_lam(torch.tensor(lam, dtype=torch.float64)))
+
+
+def _time(nodes) -> torch.Tensor:
+    """The model time of a node tree (one time shared by all components)."""
+    return tree_leaves(nodes)[0].t
+
+
+def _frac(n, s, t):
+    """Where node ``n`` sits in the step ``s -> t``, :math:`(\\lambda_n - \\lambda_s)/h`, per component."""
+    return tree_map(lambda nk, sk, tk: (nk.lam - sk.lam) / (tk.lam - sk.lam), n, s, t)
+
+
+def _inner_nodes(p, s, t, num: float, den: float = 1.0):
+    """The intermediate point of a singlestep method in the step ``s -> t``, at the fraction
+    ``r = num / den`` of the step in lambda.
+
+    One process: the node at :math:`\\lambda_s + \\text{num}\\,h/\\text{den}` and the fraction ``r``
+    itself. JointProcess: the model is called at one time for all components, but their lambdas
+    differ, so no time sits at the fraction ``r`` of every component's step. The first component's
+    lambda sets the time, :math:`\\tau = t_1(\\lambda_{1,s} + r h_1)` (so a one-component joint state
+    is solved as its tensor state), and every component uses its own fraction
+    :math:`r_k = (\\lambda_k(\\tau) - \\lambda_{k,s})/h_k` in its weights, so each component's
+    update integrates its own interpolant in its own lambda exactly. Since every lambda is strictly
+    monotone in t, the :math:`r_k` lie in (0, 1) and keep the order of the nodes (distinct, as
+    :func:`ei_weights` needs). For smooth schedules :math:`r_k = r + O(h)`, and where a method's
+    order needs a particular fraction (DPM-Solver-3's :math:`r_2 = 2/3`: the quadratic term's
+    mismatch is proportional to :math:`h^3(r_2/2 - 1/3)`), an :math:`O(h)` offset costs only
+    :math:`O(h^4)` locally: the order is kept (tested on a VP x VE tuple state, where the test
+    fails if every component is given r instead of its own fraction).
+
+    Returns:
+        ``(nodes, r)``: a node and a float for one process, trees shaped like the state for a
+        JointProcess.
+    """
+    procs = _components(p)
+    q0, s0, t0 = (tree_leaves(v)[0] for v in (procs, s, t))
+    mid = _node_at_lam(q0, s0.lam + num * (t0.lam - s0.lam) / den)
+    if procs is p:
+        return mid, num / den
+
+    def each(q, sk, tk):
+        n = _node_at_t(q, mid.t)
+        return n, (n.lam - sk.lam) / (tk.lam - sk.lam)
+
+    return tree_unzip(tree_map(each, procs, s, t), procs)
+
+
+def _componentwise(update, x, s, t, nodes, preds):
+    """``update(x_k, s_k, t_k, nodes_k, preds_k)``, a one-process step, applied to each component.
+
+    Every exponential-integrator update is linear in the state, and a component's update reads
+    only its own lambda grid and its own prediction, so a tuple/dict state is solved component by
+    component with the same scalar-coefficient machinery (for a tensor state this is one call).
+
+    Args:
+        update: the one-component step, e.g. :func:`_x0_update`.
+        x, s, t: the state and the step's node trees.
+        nodes: a list, one entry per interpolation node: a float (the same for every component,
+            e.g. the node 0 at ``s``) or a tree of per-component values (fractions or nodes).
+        preds: a list of prediction trees (x0, eps, or noise), shaped like the state.
+    """
+    n = len(nodes)
+    nodes = [tree_map(lambda _, v=v: v, x) if isinstance(v, float) else v for v in nodes]
+    return tree_map(lambda xk, sk, tk, *rest: update(xk, sk, tk, list(rest[:n]), list(rest[n:])),
+                    x, s, t, *nodes, *preds)
 
 
 def _combine(x, scale: float, terms):
@@ -255,19 +356,22 @@ def _x0_update(x, s: _Node, t: _Node, r, x0s):
     return _combine(x, math.exp(t.ls - s.ls), [(a * wj, m) for wj, m in zip(w, x0s)])
 
 
-def _start3(p, x, s: _Node, t: _Node, predict, update):
+def _start3(p, x, s, t, predict, update):
     """First step of a third-order multistep method, singlestep with nodes 0, 1/3, 2/3 of h.
 
     Same structure as DPM-Solver-3 (see :func:`sample_dpm_solver_3` for why r2 = 2/3): local
-    error O(h^4), 3 model calls. Returns the new state and the two predictions worth keeping
-    as history, ``(node, prediction)`` at r2 (error O(h^3)) and at 0.
+    error O(h^4), 3 model calls. ``s``, ``t`` are node trees, ``update`` a one-component step
+    (applied by :func:`_componentwise`; intermediate points: :func:`_inner_nodes`). Returns the
+    new state and the two predictions worth keeping as history, ``(nodes, prediction)`` at r2
+    (error O(h^3)) and at 0.
     """
-    h = t.lam - s.lam
-    s1, s2 = _node_at_lam(p, s.lam + h / 3), _node_at_lam(p, s.lam + 2 * h / 3)
-    v0 = predict(x, s.t)
-    v1 = predict(update(x, s, s1, [0.0], [v0]), s1.t)
-    v2 = predict(update(x, s, s2, [0.0, 0.5], [v0, v1]), s2.t)
-    return update(x, s, t, [0.0, 2 / 3], [v0, v2]), [(s2, v2), (s, v0)]
+    s1, r1 = _inner_nodes(p, s, t, 1.0, 3.0)
+    s2, r2 = _inner_nodes(p, s, t, 2.0, 3.0)
+    v0 = predict(x, _time(s))
+    v1 = predict(_componentwise(update, x, s, s1, [0.0], [v0]), _time(s1))
+    v2 = predict(_componentwise(update, x, s, s2, [0.0, tree_map(lambda a, b: a / b, r1, r2)], [v0, v1]),
+                 _time(s2))
+    return _componentwise(update, x, s, t, [0.0, r2], [v0, v2]), [(s2, v2), (s, v0)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -477,33 +581,33 @@ def sample_ddim(denoiser, x, ts, *, eta: float = 0.0, generator=None, callback=N
 
 
 def _dpm_singlestep(denoiser, x, ts, order, r1, r2, name, callback, progress):
-    _tensor_state(x, name)
     if not 0 < r1 < 1 or (order == 3 and not r1 < r2 < 1):
         raise ValueError(f"{name}: need 0 < r1 < r2 < 1, got r1={r1}, r2={r2}")
     p = denoiser.process
+    _check_state(x, p, name)
     ts = check_ts(ts, p)
     nodes = _grid_nodes(p, ts)
     for i in _steps(ts, progress, name):
         s, t = nodes[i], nodes[i + 1]
-        h = t.lam - s.lam
-        e0 = denoiser.eps(x, s.t)
+        e0 = denoiser.eps(x, ts[i])
         if order == 1:
             r, es = [0.0], [e0]
-        elif order == 2:
-            s1 = _node_at_lam(p, s.lam + r1 * h)
-            e1 = denoiser.eps(_eps_update(x, s, s1, [0.0], [e0]), s1.t)
-            r, es = [0.0, r1], [e0, e1]
         else:
-            s1, s2 = _node_at_lam(p, s.lam + r1 * h), _node_at_lam(p, s.lam + r2 * h)
-            e1 = denoiser.eps(_eps_update(x, s, s1, [0.0], [e0]), s1.t)
-            e2 = denoiser.eps(_eps_update(x, s, s2, [0.0, r1 / r2], [e0, e1]), s2.t)
-            r, es = [0.0, r2], [e0, e2]
-        x = _eps_update(x, s, t, r, es)
-        _done(x, i, t.t, name, callback)
+            # intermediate points, one time for all components of a tuple state: _inner_nodes
+            s1, f1 = _inner_nodes(p, s, t, r1)
+            e1 = denoiser.eps(_componentwise(_eps_update, x, s, s1, [0.0], [e0]), _time(s1))
+            if order == 2:
+                r, es = [0.0, f1], [e0, e1]
+            else:
+                s2, f2 = _inner_nodes(p, s, t, r2)
+                u2 = _componentwise(_eps_update, x, s, s2, [0.0, tree_map(lambda a, b: a / b, f1, f2)], [e0, e1])
+                r, es = [0.0, f2], [e0, denoiser.eps(u2, _time(s2))]
+        x = _componentwise(_eps_update, x, s, t, r, es)
+        _done(x, i, ts[i + 1], name, callback)
     return x
 
 
-@register("dpm_solver_1", order=1, nfe_per_step=1)
+@register("dpm_solver_1", order=1, nfe_per_step=1, tuple_states=True)
 def sample_dpm_solver_1(denoiser, x, ts, *, generator=None, callback=None, progress=False):
     """DPM-Solver-1 (Lu et al. 2022, Eq. 3.7; identical to deterministic DDIM).
 
@@ -512,7 +616,7 @@ def sample_dpm_solver_1(denoiser, x, ts, *, generator=None, callback=None, progr
     return _dpm_singlestep(denoiser, x, ts, 1, 0.5, 1.0, "dpm_solver_1", callback, progress)
 
 
-@register("dpm_solver_2", order=2, nfe_per_step=2)
+@register("dpm_solver_2", order=2, nfe_per_step=2, tuple_states=True)
 def sample_dpm_solver_2(denoiser, x, ts, *, r1: float = 0.5, generator=None, callback=None, progress=False):
     """DPM-Solver-2 singlestep (Lu et al. 2022, Alg. 1), noise prediction.
 
@@ -529,7 +633,7 @@ def sample_dpm_solver_2(denoiser, x, ts, *, r1: float = 0.5, generator=None, cal
     return _dpm_singlestep(denoiser, x, ts, 2, r1, 1.0, "dpm_solver_2", callback, progress)
 
 
-@register("dpm_solver_3", order=3, nfe_per_step=3)
+@register("dpm_solver_3", order=3, nfe_per_step=3, tuple_states=True)
 def sample_dpm_solver_3(denoiser, x, ts, *, r1: float = 1 / 3, r2: float = 2 / 3, generator=None,
                         callback=None, progress=False):
     """DPM-Solver-3 singlestep (Lu et al. 2022, Alg. 2), noise prediction.
@@ -550,7 +654,7 @@ def sample_dpm_solver_3(denoiser, x, ts, *, r1: float = 1 / 3, r2: float = 2 / 3
     return _dpm_singlestep(denoiser, x, ts, 3, r1, r2, "dpm_solver_3", callback, progress)
 
 
-@register("dpmpp_2m", order=2, nfe_per_step=1)
+@register("dpmpp_2m", order=2, nfe_per_step=1, tuple_states=True)
 def sample_dpmpp_2m(denoiser, x, ts, *, variant: str = "alg2", generator=None, callback=None, progress=False):
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), data prediction, multistep.
 
@@ -571,31 +675,36 @@ def sample_dpmpp_2m(denoiser, x, ts, *, variant: str = "alg2", generator=None, c
     smaller error constant (``benchmarks/RESULTS.md``), which is why it is the default.
     The first step is DPM-Solver++(1) (DDIM).
     """
-    _tensor_state(x, "dpmpp_2m")
     if variant not in ("alg2", "integral"):
         raise choice_error("dpmpp_2m variant", variant, ("alg2", "integral"))
     p = denoiser.process
+    _check_state(x, p, "dpmpp_2m")
     ts = check_ts(ts, p)
     nodes = _grid_nodes(p, ts)
-    prev = None
+    prev = None  # (nodes, x0) of the previous grid point
     for i in _steps(ts, progress, "dpmpp_2m"):
         s, t = nodes[i], nodes[i + 1]
-        h = t.lam - s.lam
-        m = denoiser.x0(x, s.t)
+        m = denoiser.x0(x, ts[i])
         if prev is None:
-            x = _x0_update(x, s, t, [0.0], [m])
+            x = _componentwise(_x0_update, x, s, t, [0.0], [m])
         elif variant == "integral":
-            x = _x0_update(x, s, t, [0.0, (prev[0] - s.lam) / h], [m, prev[1]])
+            x = _componentwise(_x0_update, x, s, t, [0.0, _frac(prev[0], s, t)], [m, prev[1]])
         else:
-            half_inv_r = 0.5 * h / (s.lam - prev[0])
-            d = _combine(m, 1.0 + half_inv_r, [(-half_inv_r, prev[1])])
-            x = _combine(x, math.exp(t.ls - s.ls), [(-math.exp(t.la) * math.expm1(-h), d)])
-        prev = (s.lam, m)
-        _done(x, i, t.t, "dpmpp_2m", callback)
+            x = _componentwise(_dpmpp_2m_alg2, x, s, t, [s, prev[0]], [m, prev[1]])
+        prev = (s, m)
+        _done(x, i, ts[i + 1], "dpmpp_2m", callback)
     return x
 
 
-@register("dpmpp_2m_sde", order=1, nfe_per_step=1, stochastic=True)
+def _dpmpp_2m_alg2(x, s: _Node, t: _Node, nodes, x0s):
+    """One component's Alg. 2 step s -> t from the x0 at ``nodes = [s, previous grid node]``."""
+    h = t.lam - s.lam
+    half_inv_r = 0.5 * h / (s.lam - nodes[1].lam)
+    d = _combine(x0s[0], 1.0 + half_inv_r, [(-half_inv_r, x0s[1])])
+    return _combine(x, math.exp(t.ls - s.ls), [(-math.exp(t.la) * math.expm1(-h), d)])
+
+
+@register("dpmpp_2m_sde", order=1, nfe_per_step=1, stochastic=True, tuple_states=True)
 def sample_dpmpp_2m_sde(denoiser, x, ts, *, generator=None, callback=None, progress=False):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, appendix), data prediction, stochastic.
 
@@ -611,27 +720,33 @@ def sample_dpmpp_2m_sde(denoiser, x, ts, *, generator=None, callback=None, progr
     The noise makes the path rough, so the multistep correction does not lift the weak order
     above 1; it reduces the error constant.
     """
-    _tensor_state(x, "dpmpp_2m_sde")
     p = denoiser.process
+    _check_state(x, p, "dpmpp_2m_sde")
     ts = check_ts(ts, p)
     nodes = _grid_nodes(p, ts)
-    prev = None
+    prev = None  # (nodes, x0) of the previous grid point
     for i in _steps(ts, progress, "dpmpp_2m_sde"):
         s, t = nodes[i], nodes[i + 1]
-        h = t.lam - s.lam
-        m = denoiser.x0(x, s.t)
-        r, ms = ([0.0], [m]) if prev is None else ([0.0, (prev[0] - s.lam) / h], [m, prev[1]])
-        w = ei_weights(r, h, -2.0)
+        m = denoiser.x0(x, ts[i])
+        r, ms = ([0.0], [m]) if prev is None else ([0.0, _frac(prev[0], s, t)], [m, prev[1]])
         z = _noise(p, x, generator)
-        a, sig = math.exp(t.la), math.exp(t.ls)
-        x = _combine(x, math.exp(t.ls - s.ls - h),
-                     [(2 * a * wj, mj) for wj, mj in zip(w, ms)] + [(sig * math.sqrt(-math.expm1(-2 * h)), z)])
-        prev = (s.lam, m)
-        _done(x, i, t.t, "dpmpp_2m_sde", callback)
+        x = _componentwise(_sde_x0_update, x, s, t, r, ms + [z])
+        prev = (s, m)
+        _done(x, i, ts[i + 1], "dpmpp_2m_sde", callback)
     return x
 
 
-@register("dpmpp_3m", order=3, nfe_per_step=1, extra_nfe=2)
+def _sde_x0_update(x, s: _Node, t: _Node, r, preds):
+    """One component's SDE-DPM-Solver++ step s -> t: ``preds`` are the x0 at the nodes ``r``, then
+    the standard normal draw ``z``."""
+    h = t.lam - s.lam
+    w = ei_weights(r, h, -2.0)
+    a, sig = math.exp(t.la), math.exp(t.ls)
+    return _combine(x, math.exp(t.ls - s.ls - h), [(2 * a * wj, mj) for wj, mj in zip(w, preds)]
+                    + [(sig * math.sqrt(-math.expm1(-2 * h)), preds[-1])])
+
+
+@register("dpmpp_3m", order=3, nfe_per_step=1, extra_nfe=2, tuple_states=True)
 def sample_dpmpp_3m(denoiser, x, ts, *, generator=None, callback=None, progress=False):
     """Third-order multistep DPM-Solver++ in data prediction, derived here (not Lu et al.'s 3M).
 
@@ -647,30 +762,29 @@ def sample_dpmpp_3m(denoiser, x, ts, *, generator=None, callback=None, progress=
     singlestep (:func:`_start3`, 2 extra calls: NFE = ``num_steps + 2``) whose :math:`r_2 = 2/3` node
     (error :math:`O(h^3)`) is the third point of the second step. The order test proves 3.
     """
-    _tensor_state(x, "dpmpp_3m")
     p = denoiser.process
+    _check_state(x, p, "dpmpp_3m")
     ts = check_ts(ts, p)
     nodes = _grid_nodes(p, ts)
-    hist: list = []  # (lambda, x0), newest first
+    hist: list = []  # (nodes, x0), newest first
     for i in _steps(ts, progress, "dpmpp_3m"):
         s, t = nodes[i], nodes[i + 1]
         if i == 0:
-            x, start = _start3(p, x, s, t, denoiser.x0, _x0_update)
-            hist = [(nj.lam, mj) for nj, mj in start]
+            x, hist = _start3(p, x, s, t, denoiser.x0, _x0_update)
         else:
-            h = t.lam - s.lam
-            hist = ([(s.lam, denoiser.x0(x, s.t))] + hist)[:3]
-            x = _x0_update(x, s, t, [(lj - s.lam) / h for lj, _ in hist], [mj for _, mj in hist])
-        _done(x, i, t.t, "dpmpp_3m", callback)
+            hist = ([(s, denoiser.x0(x, ts[i]))] + hist)[:3]
+            x = _componentwise(_x0_update, x, s, t, [_frac(n, s, t) for n, _ in hist], [m for _, m in hist])
+        _done(x, i, ts[i + 1], "dpmpp_3m", callback)
     return x
 
 
 # --- UniPC ------------------------------------------------------------------------------------
 
-def _unipc_update(x, s: _Node, t: _Node, m0, others, variant):
-    """UniP / UniC step s -> t (Zhao et al. 2023, Sec. 3, data-prediction form).
+def _unipc_update(x, s: _Node, t: _Node, nodes, x0s, variant):
+    """UniP / UniC step s -> t of one component (Zhao et al. 2023, Sec. 3, data-prediction form).
 
-    ``others`` are ``(lambda_k, x0_k)`` besides ``m0`` (at ``s``); with :math:`r_k = (\\lambda_k-\\lambda_s)/h`,
+    ``x0s[k]`` is the x0 prediction at ``nodes[k]``, ``nodes[0] = s`` (``m0 = x0s[0]``); with
+    :math:`r_k = (\\lambda_k-\\lambda_s)/h` for the others,
     :math:`D_k = (\\hat x_0^{(k)} - m_0)/r_k` and :math:`\\hat h = -h`:
 
     .. math:: x_t = \\frac{\\sigma_t}{\\sigma_s}x_s - \\alpha_t\\,\\mathrm{expm1}(\\hat h)\\,m_0
@@ -687,22 +801,23 @@ def _unipc_update(x, s: _Node, t: _Node, m0, others, variant):
     hh = -h
     B = hh if variant == "bh1" else math.expm1(hh)
     a_t = math.exp(t.la)
+    m0 = x0s[0]
     terms = [(-a_t * math.expm1(hh), m0)]
-    if others:
-        r = np.array([(lk - s.lam) / h for lk, _ in others])
-        K = len(others)
+    if len(nodes) > 1:
+        r = np.array([(n.lam - s.lam) / h for n in nodes[1:]])
+        K = len(r)
         if K == 1:
             a = np.array([0.5])
         else:
             R = r[None, :] ** np.arange(K)[:, None]
             b = np.array([math.factorial(n) * hh * phi(n + 1, hh) / B for n in range(1, K + 1)])
             a = np.linalg.solve(R, b)
-        for ak, rk, (_, mk) in zip(a, r, others):
+        for ak, rk, mk in zip(a, r, x0s[1:]):
             terms.append((-a_t * B * ak / rk, mk - m0))
     return _combine(x, math.exp(t.ls - s.ls), terms)
 
 
-@register("unipc", order=3, nfe_per_step=1)
+@register("unipc", order=3, nfe_per_step=1, tuple_states=True)
 def sample_unipc(denoiser, x, ts, *, order: int = 2, variant: str = "bh2", generator=None, callback=None,
                  progress=False):
     """UniPC (Zhao et al. 2023), data prediction, with UniC after every step but the last.
@@ -724,37 +839,39 @@ def sample_unipc(denoiser, x, ts, *, order: int = 2, variant: str = "bh2", gener
     _check_order(order, (1, 2, 3), "unipc")
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"unipc: variant must be 'bh1' or 'bh2', got {variant!r}")
-    _tensor_state(x, "unipc")
     p = denoiser.process
+    _check_state(x, p, "unipc")
     ts = check_ts(ts, p)
     nodes = _grid_nodes(p, ts)
-    hist: list = []  # (lambda, x0) newest last, the nodes of the last predictor
+    update = partial(_unipc_update, variant=variant)
+    hist: list = []  # (nodes, x0) newest last, the nodes of the last predictor
     x_prev = None
     for i in _steps(ts, progress, "unipc"):
         s = nodes[i]
-        m = denoiser.x0(x, s.t)
+        m = denoiser.x0(x, ts[i])
         if i > 0:  # UniC on the previous step, with the new prediction as the extra node
-            x = _unipc_update(x_prev, nodes[i - 1], s, hist[-1][1], hist[-2::-1] + [(s.lam, m)], variant)
-        hist = (hist + [(s.lam, m)])[-order:]
+            corr = hist[::-1] + [(s, m)]
+            x = _componentwise(update, x_prev, nodes[i - 1], s, [n for n, _ in corr], [v for _, v in corr])
+        hist = (hist + [(s, m)])[-order:]
         x_prev = x
-        x = _unipc_update(x, s, nodes[i + 1], m, hist[-2::-1], variant)
+        x = _componentwise(update, x, s, nodes[i + 1], [n for n, _ in hist[::-1]], [v for _, v in hist[::-1]])
         _done(x, i, ts[i + 1], "unipc", callback)
     return x
 
 
-@register("unipc_1", order=2, nfe_per_step=1)
+@register("unipc_1", order=2, nfe_per_step=1, tuple_states=True)
 def sample_unipc_1(denoiser, x, ts, *, variant: str = "bh2", generator=None, callback=None, progress=False):
     """UniPC with predictor order 1 (UniP-1 + UniC-1, order 2); see :func:`sample_unipc`."""
     return sample_unipc(denoiser, x, ts, order=1, variant=variant, callback=callback, progress=progress)
 
 
-@register("unipc_2", order=3, nfe_per_step=1)
+@register("unipc_2", order=3, nfe_per_step=1, tuple_states=True)
 def sample_unipc_2(denoiser, x, ts, *, variant: str = "bh2", generator=None, callback=None, progress=False):
     """UniPC with predictor order 2 (UniP-2 + UniC-2, order 3); see :func:`sample_unipc`."""
     return sample_unipc(denoiser, x, ts, order=2, variant=variant, callback=callback, progress=progress)
 
 
-@register("unipc_3", order=3, nfe_per_step=1)
+@register("unipc_3", order=3, nfe_per_step=1, tuple_states=True)
 def sample_unipc_3(denoiser, x, ts, *, variant: str = "bh2", generator=None, callback=None, progress=False):
     """UniPC with predictor order 3 (order 3: capped by the first step); see :func:`sample_unipc`."""
     return sample_unipc(denoiser, x, ts, order=3, variant=variant, callback=callback, progress=progress)
@@ -783,27 +900,31 @@ def _lagrange_integrals(v: Sequence[float]) -> torch.Tensor:
     return np.array(out)
 
 
+def _deis_update(x, s: _Node, t: _Node, nodes, eps):
+    """One component's rho-AB step s -> t through the eps predictions at ``nodes`` (:func:`_deis_doc`)."""
+    rho_s, rho_t = math.exp(-s.lam), math.exp(-t.lam)
+    d = rho_t - rho_s
+    w = d * _lagrange_integrals([(math.exp(-n.lam) - rho_s) / d for n in nodes])
+    a_t = math.exp(t.la)
+    return _combine(x, math.exp(t.la - s.la), [(a_t * wj, ej) for wj, ej in zip(w, eps)])
+
+
 def _deis(denoiser, x, ts, order, name, callback, progress):
-    _tensor_state(x, name)
     p = denoiser.process
+    _check_state(x, p, name)
     ts = check_ts(ts, p)
     nodes = _grid_nodes(p, ts)
-    hist: list = []  # (rho, eps), newest first
+    hist: list = []  # (nodes, eps), newest first
     for i in _steps(ts, progress, name):
         s, t = nodes[i], nodes[i + 1]
         if order == 3 and i == 0:
             # An AB1 first step (local O(h^2)) would cap the global order at 2: start with a
             # third-order singlestep (2 extra calls) whose r2 node serves as history.
-            x, start = _start3(p, x, s, t, denoiser.eps, _eps_update)
-            hist = [(math.exp(-nj.lam), ej) for nj, ej in start]
+            x, hist = _start3(p, x, s, t, denoiser.eps, _eps_update)
         else:
-            rho_s, rho_t = math.exp(-s.lam), math.exp(-t.lam)
-            hist = ([(rho_s, denoiser.eps(x, s.t))] + hist)[:order]
-            d = rho_t - rho_s
-            w = d * _lagrange_integrals([(rj - rho_s) / d for rj, _ in hist])
-            a_t = math.exp(t.la)
-            x = _combine(x, math.exp(t.la - s.la), [(a_t * wj, ej) for wj, (_, ej) in zip(w, hist)])
-        _done(x, i, t.t, name, callback)
+            hist = ([(s, denoiser.eps(x, ts[i]))] + hist)[:order]
+            x = _componentwise(_deis_update, x, s, t, [n for n, _ in hist], [e for _, e in hist])
+        _done(x, i, ts[i + 1], name, callback)
     return x
 
 
@@ -843,7 +964,7 @@ def sample_deis_3(denoiser, x, ts, *, generator=None, callback=None, progress=Fa
 
 for _k, _fn in ((1, sample_deis_1), (2, sample_deis_2), (3, sample_deis_3)):
     _fn.__doc__ = _deis_doc(_k)
-    register(f"deis_{_k}", order=_k, nfe_per_step=1, extra_nfe=2 if _k == 3 else 0)(_fn)
+    register(f"deis_{_k}", order=_k, nfe_per_step=1, extra_nfe=2 if _k == 3 else 0, tuple_states=True)(_fn)
 
 
 # ----------------------------------------------------------------------------------------------

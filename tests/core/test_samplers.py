@@ -6,7 +6,9 @@
 * Stochastic samplers: exact Gaussian marginals through the closed-form W2 of the fitted
   Gaussian; Euler–Maruyama shows weak order 1.
 * A Gaussian mixture with exact scores: every sampler's samples converge to the mixture.
-* Tuple states with a JointProcess, NFE counts, errors, the coefficient helpers.
+* Tuple states with a JointProcess: every sampler; the exponential integrators solve a
+  factorised joint model exactly as its components alone, and keep their order.
+* NFE counts, errors, the coefficient helpers.
 """
 
 import math
@@ -21,7 +23,7 @@ import sciffusion.samplers as S
 from sciffusion.denoisers import Denoiser
 from sciffusion.processes import EDM, VE, VP, JointProcess, Linear
 from sciffusion.samplers import SAMPLERS, ei_weights, get_sampler, phi, sample
-from sciffusion.schedules import logsnr_uniform, quadratic
+from sciffusion.schedules import logsnr_uniform, quadratic, time_uniform
 from sciffusion.testing import (GaussianMixture, anisotropic_gaussian, empirical_w2_gaussian,
                                 gaussian_flow_map, sliced_w1, standard_mixture_2d)
 
@@ -29,7 +31,6 @@ DETERMINISTIC = [k for k, v in SAMPLERS.items() if not v.stochastic and not v.ad
 STOCHASTIC = [k for k, v in SAMPLERS.items() if v.stochastic]
 FIXED_GRID = [k for k, v in SAMPLERS.items() if not v.adaptive]
 TUPLE = [k for k, v in SAMPLERS.items() if v.tuple_states]
-TENSOR_ONLY = [k for k, v in SAMPLERS.items() if not v.tuple_states]
 
 MEAN, COV = anisotropic_gaussian(d=4)
 GAUSS = GaussianMixture.gaussian(MEAN, COV)
@@ -146,19 +147,30 @@ def test_pathwise_order(name, process):
 
 
 def _pathwise_slope(info, process, **options):
-    den = Denoiser(_gaussian_eps_model(MEAN, COV, process), process, "eps")
-    t_max = float(process.t_of_lam(torch.tensor(-1.0, dtype=torch.float64)))
+    """Slope and errors of the setup of :func:`test_pathwise_order`. A JointProcess gets a tuple
+    state, one Gaussian per component (TUP_A, TUP_B below), the grid of its first component and
+    the RMS error over all components."""
+    joint = hasattr(process, "processes")
+    comps = (list(zip(process.processes, (TUP_A.means[0], TUP_B.means[0]), (TUP_A.covs[0], TUP_B.covs[0])))
+             if joint else [(process, MEAN, COV)])
+    models = [_gaussian_eps_model(m, c, q) for q, m, c in comps]
+    model = (lambda x, t: tuple(f(xk, t) for f, xk in zip(models, x))) if joint else models[0]
+    den = Denoiser(model, process, "eps")
+    lead = comps[0][0]
+    t_max = float(lead.t_of_lam(torch.tensor(-1.0, dtype=torch.float64)))
     nfes, errs = [], []
     for nfe in ORDER_NFES:
         n = _steps_for(info, nfe)
-        ts = logsnr_uniform(process, n, t_max=t_max)
-        x_T = GAUSS.marginal(process, ts[0]).sample(16, _gen(1))
-        exact = gaussian_flow_map(x_T, MEAN, COV, process, ts[0], ts[-1])
+        ts = logsnr_uniform(lead, n, t_max=t_max)
+        x_T = [GaussianMixture.gaussian(m, c).marginal(q, ts[0]).sample(16, _gen(1 + k))
+               for k, (q, m, c) in enumerate(comps)]
+        exact = [gaussian_flow_map(xk, m, c, q, ts[0], ts[-1]) for xk, (q, m, c) in zip(x_T, comps)]
         den.reset_nfe()
-        out = info.fn(den, x_T.clone(), ts, **options)
+        out = info.fn(den, tuple(xk.clone() for xk in x_T) if joint else x_T[0].clone(), ts, **options)
         assert den.nfe == info.nfe(n)
         nfes.append(den.nfe)
-        errs.append(float((out - exact).pow(2).sum(1).mean().sqrt()))
+        out = out if joint else [out]
+        errs.append(math.sqrt(sum(float((o - e).pow(2).sum(1).mean()) for o, e in zip(out, exact))))
     return -np.polyfit(np.log(nfes), np.log(errs), 1)[0], errs
 
 
@@ -411,21 +423,167 @@ def test_graph_like_tuple_state_keeps_adjacency_symmetric(name):
     assert all(torch.isfinite(o).all() for o in out)
 
 
-def test_sample_front_door_tuple_shapes():
+@pytest.mark.parametrize("name", TUPLE)
+def test_sample_front_door_tuple_shapes(name):
+    """sample() draws a tuple state from the JointProcess prior (one shape per component) and
+    integrates it with every sampler that declares tuple_states (default grid: time_uniform),
+    returning the structure, shapes and dtype of the state, finite."""
     den = _tuple_denoiser()
-    out = sample(den, ((5, 2), (5, 3)), sampler="pc", num_steps=3, schedule="quadratic",
-                 generator=_gen(0), dtype=torch.float64)
-    assert out[0].shape == (5, 2) and out[1].shape == (5, 3)
-    with pytest.raises(TypeError, match="tensor states only"):
-        sample(den, ((5, 2), (5, 3)), sampler="dpmpp_2m", num_steps=3, schedule="quadratic")
+    out = sample(den, ((5, 2), (5, 3)), sampler=name, num_steps=3, generator=_gen(0), dtype=torch.float64)
+    assert isinstance(out, tuple) and out[0].shape == (5, 2) and out[1].shape == (5, 3)
+    assert all(o.dtype == torch.float64 and torch.isfinite(o).all() for o in out)
 
 
-@pytest.mark.parametrize("name", TENSOR_ONLY)
-def test_tensor_only_samplers_reject_tuples(name):
+def test_sample_refuses_tuples_for_tensor_only_samplers(monkeypatch):
+    """A sampler registered without tuple_states is refused a tuple state by sample(), with the
+    names of those that take one (every built-in sampler takes tuples, so a stand-in is used)."""
+    def fn(denoiser, x, ts, **kw):
+        raise AssertionError("sample() must refuse before calling the sampler")
+
+    monkeypatch.setitem(SAMPLERS, "tensor_only", S.SamplerInfo(fn, 1, 1, False))
+    with pytest.raises(TypeError, match=r"tensor states only.*dpmpp_2m"):
+        sample(_tuple_denoiser(), ((5, 2), (5, 3)), sampler="tensor_only", num_steps=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tuple states for the exponential integrators: component by component, each on its own lambda
+# ----------------------------------------------------------------------------------------------
+
+EXPONENTIAL = [k for k in SAMPLERS if k.startswith(("dpm_solver", "dpmpp", "unipc", "deis"))]
+EXPONENTIAL_CASES = ([(k, {}) for k in EXPONENTIAL]
+                     + [("dpmpp_2m", {"variant": "integral"}), ("unipc", {"order": 3, "variant": "bh1"})])
+# methods that evaluate the model between grid points (singlestep steps, or a singlestep start)
+INTERMEDIATE = {"dpm_solver_2", "dpm_solver_3", "dpmpp_3m", "deis_3"}
+
+
+def _taped(cls, tape, replay, **kwargs):
+    """An instance of the process class ``cls`` whose noise draws are recorded into ``tape`` (or,
+    with ``replay``, taken from it in order): matched noise for joint vs separate solves."""
+
+    class Taped(cls):
+        def noise_like(self, x, generator=None):
+            if replay:
+                return tape.pop(0)
+            z = super().noise_like(x, generator)
+            tape.append(z)
+            return z
+
+    return Taped(**kwargs)
+
+
+FACTOR_MIX_B = GaussianMixture(torch.tensor([[1.0, -0.5, 0.0], [-1.0, 0.5, 0.8]], dtype=torch.float64),
+                               torch.stack([0.1 * torch.eye(3), 0.3 * torch.eye(3)]).double(),
+                               torch.tensor([0.3, 0.7], dtype=torch.float64))
+FACTOR_PAIRS = {  # (class, kwargs) per component, and whether the state is a dict
+    "vp_ve": (((VP, {}), (VE, {})), False),
+    "vp_vp2_dict": (((VP, {}), (VP, {"beta_min": 0.2, "beta_max": 10.0})), True),
+    "vp_vp": (((VP, {}), (VP, {})), False),
+}
+
+
+@pytest.mark.parametrize("pair", list(FACTOR_PAIRS))
+@pytest.mark.parametrize("name,options", EXPONENTIAL_CASES)
+def test_exponential_tuple_state_factorises(name, options, pair):
+    """A factorised joint model (each component the exact eps of its own Gaussian mixture under
+    its own process, reading only its own component) solved as one tuple/dict state equals each
+    component solved alone, as a tensor state with its own process, on the same grid (6 steps,
+    time_uniform of the joint process), with matched noise for dpmpp_2m_sde (draws recorded by
+    the joint solve and replayed). Compared: every component, except that for the methods with
+    intermediate points (INTERMEDIATE) and two different processes only the first component is,
+    since the intermediate time is set by the first component's lambda (the second's own solve
+    would place it elsewhere); with one process twice ("vp_vp") both are. Tolerance 1e-10: the
+    two computations do the same float64 arithmetic, except that in a joint state the first
+    component's intermediate fraction is recomputed from its lambda at the intermediate time
+    (round-off ~1e-15 relative). Also: NFE rule and callback unchanged for tuple states."""
+    (spec_a, spec_b), as_dict = FACTOR_PAIRS[pair]
+    gms = (standard_mixture_2d(), FACTOR_MIX_B)
+    tapes = ([], [])
+    procs = [_taped(cls, tape, False, **kw) for (cls, kw), tape in zip((spec_a, spec_b), tapes)]
+    models = [gm.model(q, "eps") for gm, q in zip(gms, procs)]
+    keys = ("x", "adj")
+    if as_dict:
+        joint = JointProcess(dict(zip(keys, procs)))
+        den = Denoiser(lambda x, t: {k: f(x[k], t) for k, f in zip(keys, models)}, joint, "eps")
+    else:
+        joint = JointProcess(tuple(procs))
+        den = Denoiser(lambda x, t: tuple(f(xk, t) for f, xk in zip(models, x)), joint, "eps")
+    info = SAMPLERS[name]
+    n = 6
+    ts = time_uniform(joint, n)
+    x_T = [gm.marginal(q, ts[0]).sample(8, _gen(1 + k)) for k, (gm, q) in enumerate(zip(gms, procs))]
+    seen = []
+    out = info.fn(den, dict(zip(keys, x_T)) if as_dict else tuple(x_T), ts, generator=_gen(7),
+                  callback=lambda i, t, x: seen.append((i, float(t), type(x))), **options)
+    out = [out[k] for k in keys] if as_dict else list(out)
+    assert den.nfe == info.nfe(n)
+    assert seen == [(i, float(ts[i + 1]), dict if as_dict else tuple) for i in range(n)]
+    compare = [0] if name in INTERMEDIATE and pair != "vp_vp" else [0, 1]
+    for k in compare:
+        (cls, kw), gm = (spec_a, spec_b)[k], gms[k]
+        q = _taped(cls, tapes[k], True, **kw)
+        ref = info.fn(Denoiser(gm.model(q, "eps"), q, "eps"), x_T[k], ts, generator=_gen(99), **options)
+        assert torch.allclose(out[k], ref, rtol=1e-10, atol=1e-10), (name, pair, k, (out[k] - ref).abs().max())
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m", "unipc_3", "deis_3", "dpm_solver_3", "dpmpp_3m", "dpm_solver_2"])
+def test_exponential_tuple_state_order(name):
+    """Pathwise order on a tuple state: (VP component of dim 2, VE component of dim 3), each the
+    exact eps of its Gaussian, so the exact solution is each component's closed-form flow map.
+    Setup of :func:`test_pathwise_order` (NFE 80..320, from VP's lambda = -1) with the grid
+    logSNR-uniform in the first (VP) component's lambda; VE's lambda is a smooth function of it,
+    so its steps shrink at the same rate. Fitted slope of the RMS error over both components
+    within 0.3 of the declared order: this is what proves that the intermediate points of
+    DPM-Solver-2/3 and of the third-order start, set by the first component's lambda, keep the
+    second component's order (its node fractions differ from r by O(h))."""
+    info = SAMPLERS[name]
+    slope, errs = _pathwise_slope(info, TUP_P)
+    assert abs(slope - info.order) < 0.3, f"{name}: slope {slope:.2f} vs order {info.order}; errors {errs}"
+
+
+def test_dpmpp_2m_sde_tuple_state_reproducible():
+    """SDE-DPM-Solver++(2M) on a (VP, VE) tuple state: the same generator gives the same state,
+    another generator another; the noise enters through each component's process (the
+    factorisation test matches it, draw for draw, to the tensor solver, whose W2 convergence is
+    tested above)."""
     den = _tuple_denoiser()
+    ts = quadratic(VP(), 5)
+    x_T = _tuple_start(ts, 8)
+    a = S.sample_dpmpp_2m_sde(den, x_T, ts, generator=_gen(3))
+    b = S.sample_dpmpp_2m_sde(den, x_T, ts, generator=_gen(3))
+    c = S.sample_dpmpp_2m_sde(den, x_T, ts, generator=_gen(4))
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert all(not torch.equal(u, v) for u, v in zip(a, c))
+
+
+def test_exponential_integrators_check_the_state_structure():
+    """A tuple state with a single process, or a tensor state with a JointProcess, is a TypeError
+    naming the mismatch; a non-float component is a TypeError too."""
     ts = quadratic(VP(), 2)
-    with pytest.raises(TypeError, match="tensor states only"):
-        get_sampler(name)(den, _tuple_start(ts, 2), ts)
+    tup = _tuple_start(ts, 2)
+    with pytest.raises(TypeError, match="JointProcess"):
+        S.sample_dpmpp_2m(GAUSS.denoiser(VP(), "eps"), tup, ts)
+    with pytest.raises(TypeError, match="single process"):
+        S.sample_unipc(_tuple_denoiser(), torch.zeros(2, 2, dtype=torch.float64), ts)
+    with pytest.raises(TypeError, match="floating-point"):
+        S.sample_deis_2(_tuple_denoiser(), (tup[0], tup[1].long()), ts)
+
+
+def test_inner_nodes_share_one_time():
+    """The intermediate point of a singlestep step on a JointProcess: one time for all components,
+    the first component at the fraction r of its lambda step, every component's fraction its own
+    (lambda_k(tau) - lambda_k(s)) / h_k, in (0, 1); a single process gets r itself."""
+    ts = quadratic(VP(), 4)
+    nodes = S._grid_nodes(TUP_P, ts)
+    s, t = nodes[1], nodes[2]
+    mid, r = S._inner_nodes(TUP_P, s, t, 2.0, 3.0)
+    assert mid[0].t is mid[1].t and ts[2] < mid[0].t < ts[1]
+    assert r[0] == pytest.approx(2 / 3, abs=1e-12)
+    for q, m, sk, tk, rk in zip(TUP_P.processes, mid, s, t, r):
+        assert rk == pytest.approx((float(q.lam(m.t)) - sk.lam) / (tk.lam - sk.lam), abs=1e-14)
+        assert 0 < rk < 1
+    assert r[1] != pytest.approx(2 / 3, abs=1e-3)  # VE's fraction differs: the point of the test
+    single, r1 = S._inner_nodes(VP(), s[0], t[0], 2.0, 3.0)
+    assert r1 == 2 / 3 and float(single.t) == pytest.approx(float(mid[0].t), abs=1e-14)
 
 
 # ----------------------------------------------------------------------------------------------
