@@ -286,8 +286,8 @@ def _inner_nodes(p, s, t, num: float, den: float = 1.0):
     One process: the node at :math:`\\lambda_s + \\text{num}\\,h/\\text{den}` and the fraction ``r``
     itself. JointProcess: the model is called at one time for all components, but their lambdas
     differ, so no time sits at the fraction ``r`` of every component's step. The first component's
-    lambda sets the time, :math:`\\tau = t_1(\\lambda_{1,s} + r h_1)` (so a one-component joint state
-    is solved as its tensor state), and every component uses its own fraction
+    lambda sets the time, :math:`\\tau = t_1(\\lambda_{1,s} + r h_1)` (a one-component joint state is
+    solved as its tensor state, up to round-off in the recomputed fraction), and every component uses its own fraction
     :math:`r_k = (\\lambda_k(\\tau) - \\lambda_{k,s})/h_k` in its weights, so each component's
     update integrates its own interpolant in its own lambda exactly. Since every lambda is strictly
     monotone in t, the :math:`r_k` lie in (0, 1) and keep the order of the nodes (distinct, as
