@@ -287,15 +287,15 @@ def _inner_nodes(p, s, t, num: float, den: float = 1.0):
     itself. JointProcess: the model is called at one time for all components, but their lambdas
     differ, so no time sits at the fraction ``r`` of every component's step. The first component's
     lambda sets the time, :math:`\\tau = t_1(\\lambda_{1,s} + r h_1)` (a one-component joint state
-    is solved as its tensor state, up to round-off in the recomputed fraction), and every
-    component uses its own fraction :math:`r_k = (\\lambda_k(\\tau) - \\lambda_{k,s})/h_k` in its
-    weights, so each component's update integrates its own interpolant in its own lambda exactly.
-    Since every lambda is strictly monotone in t, the :math:`r_k` lie in (0, 1) and keep the
-    order of the nodes (distinct, as :func:`ei_weights` needs). For smooth schedules :math:`r_k = r + O(h)`, and where a method's
-    order needs a particular fraction (DPM-Solver-3's :math:`r_2 = 2/3`: the quadratic term's
-    mismatch is proportional to :math:`h^3(r_2/2 - 1/3)`), an :math:`O(h)` offset costs only
-    :math:`O(h^4)` locally: the order is kept (tested on a VP x VE tuple state, where the test
-    fails if every component is given r instead of its own fraction).
+    is solved as its tensor state, up to round-off in the recomputed fraction), and every component
+    uses its own fraction :math:`r_k = (\\lambda_k(\\tau) - \\lambda_{k,s})/h_k` in its weights, so
+    each component's update integrates its own interpolant in its own lambda exactly. Since every
+    lambda is strictly monotone in t, the :math:`r_k` lie in (0, 1) and keep the order of the nodes
+    (distinct, as :func:`ei_weights` needs). For smooth schedules :math:`r_k = r + O(h)`, and where
+    a method's order needs a particular fraction (DPM-Solver-3's :math:`r_2 = 2/3`: the quadratic
+    term's mismatch is proportional to :math:`h^3(r_2/2 - 1/3)`), an :math:`O(h)` offset costs only
+    :math:`O(h^4)` locally: the order is kept (tested on a VP x VE tuple state, where the test fails
+    if every component is given r instead of its own fraction).
 
     Returns:
         ``(nodes, r)``: a node and a float for one process, trees shaped like the state for a
