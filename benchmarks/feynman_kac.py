@@ -9,8 +9,10 @@ Compared at equal NFE (one score evaluation per step per particle), EDM process
 (sigma in [0.01, 160]), log-SNR-uniform grid, exponential integrator:
   * target-score SDE (eta = 1) and tempered-noise SDE (eta = 1/beta), each with and without FKC;
   * FKC with systematic resampling every step vs ESS-triggered (ESS < N/2);
-  * particles 256..16384 at 1000 steps; steps 100..3000 at 4096 particles;
-  * pushing lower: more noise in the SDE (eta = beta), trapezoid weights, more particles/steps.
+  * particles 256..16384 at 1000 steps (five seeds from 4096 up); steps 100..3000 at 4096 particles;
+  * pushing lower: more noise in the SDE (eta = beta), trapezoid weights, more particles/steps;
+  * where the weight variance is made: runs started at sigma_max = 20, 40, 80 from the exact
+    annealed target (Gaussian proposal + exact importance weights), skipping the high-noise phase.
 Metrics: mode-occupancy TV, occupancy-weighted within-mode spread (per-coordinate RMS, exact
 value printed), W1 / W2 (POT, exact OT between 2000 resampled particles and 2000 exact samples),
 MMD^2 (Gaussian kernels, bandwidths 1, 4, 16). Floors: the same metrics for N exact samples.
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from sciffusion import EDM, Denoiser
 from sciffusion.testing import GaussianMixture
 from sciffusion.domains.feynman_kac import anneal, sample_fkc
+from sciffusion.smc import resample
 
 BETA = 3.0
 K = 40
@@ -133,19 +136,40 @@ def metrics(exact, x, w, ref, rng, n_ot=2000):
             "mmd2": round(mmd2(xs, ref), 5)}
 
 
-def run_one(den, exact, ref, *, N, steps, noise, correct, threshold=1.0, weight_rule="left", seed=0):
+def exact_start(gm, process, N, seed):
+    """Particles at sigma_max from the Gaussian N(0, (sigma_max^2 + data var) / beta) with their
+    exact importance weights beta * log q_T - log N (q_T: the noised mixture, known in closed form),
+    so that a run started at a low sigma_max is exact from its first step."""
+    t_max = torch.tensor(process.t_max, dtype=torch.float64)
+    v = (float(process.sigma(t_max)) ** 2 + float(gm.means.var(0, unbiased=False).mean()) + STD ** 2) / BETA
+    g = torch.Generator().manual_seed(10_000 + seed)
+    x = torch.randn(N, 2, generator=g, dtype=torch.float64) * math.sqrt(v)
+    log_prop = -(x ** 2).sum(1) / (2 * v) - math.log(2 * math.pi * v)
+    return x, BETA * gm.log_prob(x, process, t_max) - log_prop
+
+
+def run_one(den, exact, ref, *, N, steps, noise, correct, threshold=1.0, weight_rule="left", seed=0, gm=None):
     den.reset_nfe()
     t0 = time.perf_counter()
+    start, extra = (1, 2), {}
+    if gm is not None:  # exact start at the process's sigma_max
+        start, lw = exact_start(gm, den.process, N, seed)
+        if correct:
+            extra["log_weights"] = lw
+        else:  # the uncorrected sampler starts from the same target, resampled once
+            start = start[resample(lw[None], "systematic", torch.Generator().manual_seed(seed))[0]]
     with torch.no_grad():
-        res = sample_fkc(anneal(den, BETA), (1, 2), num_particles=N, num_steps=steps, noise=noise,
+        res = sample_fkc(anneal(den, BETA), start, num_particles=N, num_steps=steps, noise=noise,
                          correct=correct, threshold=threshold, weight_rule=weight_rule, warn_ess=None,
-                         generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+                         generator=torch.Generator().manual_seed(seed), dtype=torch.float64, **extra)
     secs = time.perf_counter() - t0
     x = res.x.numpy()
     w = res.weights().reshape(-1).numpy()
     row = {"noise": noise if isinstance(noise, str) else f"eta={noise:g}", "fkc": correct, "N": N,
            "steps": steps, "resample": ("every" if threshold >= 1 else f"ess<{threshold:g}N") if correct else "-",
-           "weights": weight_rule if correct else "-", "nfe": res.nfe, "seed": seed}
+           "weights": weight_rule if correct else "-",
+           "sigma_max": round(float(den.process.sigma(torch.tensor(den.process.t_max, dtype=torch.float64))), 3),
+           "start": "exact" if gm is not None else "N(0, s^2/beta)", "nfe": res.nfe, "seed": seed}
     row.update(metrics(exact, x, w, ref, np.random.default_rng(seed + 100)))
     row.update({"resampling_events": res.num_resampling_events,
                 "mean_ess_frac": round(float(res.ess.mean()) / N, 3) if correct else None,
@@ -154,23 +178,30 @@ def run_one(den, exact, ref, *, N, steps, noise, correct, threshold=1.0, weight_
 
 
 def summarise(rows):
-    """Mean and range over seeds of the headline configurations (N=4096, 1000 steps)."""
+    """Mean, sd and range over seeds of every configuration run with more than one seed."""
     groups = {}
     for r in rows:
-        if r["N"] == 4096 and r["steps"] == 1000:
-            groups.setdefault((r["noise"], r["fkc"], r["resample"], r["weights"]), []).append(r)
-    unc = {k[0]: np.mean([r["tv"] for r in v]) for k, v in groups.items() if not k[1]}
+        key = (r["noise"], r["fkc"], r["resample"], r["weights"], r["N"], r["steps"], r["sigma_max"], r["start"])
+        groups.setdefault(key, []).append(r)
+    unc = {(k[0],) + k[4:]: np.mean([r["tv"] for r in v]) for k, v in groups.items() if not k[1]}
     out = []
-    for (noise, fkc, res, wr), rs in groups.items():
+    for key, rs in groups.items():
+        if len(rs) < 2:
+            continue
+        noise, fkc, res, wr, n, steps, smax, start = key
         tv = [r["tv"] for r in rs]
-        row = {"noise": noise, "fkc": fkc, "resample": res, "weights": wr, "seeds": len(rs),
-               "tv_mean": round(float(np.mean(tv)), 4), "tv_min": min(tv), "tv_max": max(tv),
+        row = {"noise": noise, "fkc": fkc, "resample": res, "weights": wr, "N": n, "steps": steps,
+               "sigma_max": smax, "start": start, "seeds": len(rs),
+               "tv_mean": round(float(np.mean(tv)), 4), "tv_sd": round(float(np.std(tv, ddof=1)), 4),
+               "tv_min": min(tv), "tv_max": max(tv),
                "spread_mean": round(float(np.mean([r["spread"] for r in rs])), 4),
                "w1_mean": round(float(np.mean([r["w1"] for r in rs])), 3),
                "w2_mean": round(float(np.mean([r["w2"] for r in rs])), 3),
                "mmd2_mean": round(float(np.mean([r["mmd2"] for r in rs])), 5)}
-        if fkc and noise in unc:
-            row["tv_ratio_vs_uncorrected"] = round(float(np.mean(tv)) / float(unc[noise]), 3)
+        ref_key = (noise, n, steps, smax, start)
+        if fkc and ref_key in unc:
+            row["tv_ratio_vs_uncorrected"] = round(float(np.mean(tv)) / float(unc[ref_key]), 3)
+            row["seeds_at_most_half"] = int(sum(t <= 0.5 * unc[ref_key] for t in tv))
         out.append(row)
     return out
 
@@ -205,37 +236,54 @@ def main():
 
     rows = []
 
-    def add(**kw):
+    def add(den=den, **kw):
         row = run_one(den, exact, ref, **kw)
         rows.append(row)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
+    seeds = range(5)
     if args.quick:
         for correct in (False, True):
             add(N=1024, steps=200, noise="target_score", correct=correct)
     else:
-        # 1. headline at the prototype's setting (4000 -> 4096 particles, 1000 steps), 3 seeds:
+        # 1. headline at the prototype's setting (4000 -> 4096 particles, 1000 steps), 5 seeds:
         #    target-score / tempered-noise / eta = beta SDEs, each uncorrected, FKC resampling
         #    every step (systematic), FKC resampling when ESS < N/2; and trapezoid weights
-        for seed in (0, 1, 2):
+        for seed in seeds:
             for noise in ("target_score", "tempered", BETA):
                 add(N=4096, steps=1000, noise=noise, correct=False, seed=seed)
                 add(N=4096, steps=1000, noise=noise, correct=True, threshold=1.0, seed=seed)
                 add(N=4096, steps=1000, noise=noise, correct=True, threshold=0.5, seed=seed)
             add(N=4096, steps=1000, noise=BETA, correct=True, threshold=0.5, weight_rule="trapezoid", seed=seed)
-        # 2. particles at 1000 steps
-        for N in (256, 1024, 16384):
+        # 2. particles at 1000 steps: one seed for the small N, five for the larger N
+        for N in (256, 1024):
             add(N=N, steps=1000, noise="target_score", correct=True, threshold=1.0)
             add(N=N, steps=1000, noise=BETA, correct=True, threshold=1.0)
             add(N=N, steps=1000, noise=BETA, correct=True, threshold=0.5)
+        for seed in seeds:
+            for N in (8192, 16384):
+                add(N=N, steps=1000, noise="target_score", correct=False, seed=seed)
+                add(N=N, steps=1000, noise="target_score", correct=True, threshold=1.0, seed=seed)
+            add(N=16384, steps=1000, noise="tempered", correct=False, seed=seed)
+            add(N=16384, steps=1000, noise="tempered", correct=True, threshold=1.0, seed=seed)
+            add(N=16384, steps=1000, noise=BETA, correct=True, threshold=1.0, seed=seed)
         # 3. steps at 4096 particles
         for steps in (100, 300, 3000):
             add(N=4096, steps=steps, noise="target_score", correct=False)
             add(N=4096, steps=steps, noise="target_score", correct=True, threshold=1.0)
             add(N=4096, steps=steps, noise=BETA, correct=True, threshold=0.5)
+        # 4. where the weight variance comes from: start at a lower sigma_max from the exact
+        #    annealed target (exact importance weights), skipping the high-noise phase
+        for smax in (20.0, 40.0, 80.0):
+            proc_s = EDM(sigma_min=0.01, sigma_max=smax)
+            den_s = Denoiser(fast_model(means, STD ** 2, proc_s), proc_s, "eps")
+            for seed in seeds:
+                add(den=den_s, gm=gm, N=4096, steps=1000, noise="target_score", correct=False, seed=seed)
+                add(den=den_s, gm=gm, N=4096, steps=1000, noise="target_score", correct=True, threshold=1.0,
+                    seed=seed)
 
     summary = summarise(rows)
-    print("\nsummary (mean over seeds, N=4096, 1000 steps; TV ratio = FKC / uncorrected of the same SDE):")
+    print("\nsummary (mean over seeds; TV ratio = FKC / uncorrected of the same SDE, N, steps and start):")
     for r in summary:
         print(" ".join(f"{k}={v}" for k, v in r.items()))
 

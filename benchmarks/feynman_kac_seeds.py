@@ -12,7 +12,11 @@ Companion to ``benchmarks/feynman_kac.py`` (same mixture, exact scores, EDM proc
     would give sqrt((1 - 1/40) / (N / 40)) = 0.098);
   * the genealogy: how many distinct ancestors the final N particles have at the first resampling
     with sigma below 80 / 40 / 10 (recorded by wrapping ``sciffusion.smc.resample``);
-  * the weights with no resampling at all: ESS/N when sigma first drops below 150, 110, 80, 10, 1.
+  * the weights with no resampling at all: ESS/N when sigma first drops below 150, 110, 80, 10, 1,
+    and, for the log-weight accumulated within each sigma band alone, its variance across particles
+    and the ESS/N it would leave (where along the path the degeneracy is produced), eta = 1 and 3;
+  * the efficiency of each corrector: (exact-sample per-mode rel. sd / its per-mode rel. sd)^2, the
+    fraction of N that independent exact samples with the same mode-mass noise would need.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/feynman_kac_seeds.py
 Writes benchmarks/results/feynman_kac_seeds.json.
@@ -97,6 +101,7 @@ def main():
         occ = np.bincount(lab, weights=res.weights().reshape(-1).numpy(), minlength=fk.K)
         return res, occ, rec.maps
 
+    exact_rel_sd = math.sqrt((1 - 1 / fk.K) / (N / fk.K))
     rows, summary = [], []
     for name, cfg in CONFIGS.items():
         occs, tvs, ancs = [], [], []
@@ -118,6 +123,8 @@ def main():
              "tv_sd": round(float(np.std(tvs, ddof=1)), 4),
              "tv_of_mean_occupancy": round(0.5 * float(np.abs(occs.mean(0) - exact.occ).sum()), 4),
              "per_mode_rel_sd": round(float(np.median(occs.std(0, ddof=1) / exact.occ)), 3)}
+        if cfg.get("correct", True):  # (the uncorrected sampler's small spread sits on a large bias)
+            s["efficiency"] = round((exact_rel_sd / s["per_mode_rel_sd"]) ** 2, 3)
         if ancs[0]:
             s["distinct_ancestors_mean"] = {k: round(float(np.mean([a[k] for a in ancs])))
                                             for k in ancs[0]}
@@ -125,18 +132,34 @@ def main():
         print("summary: " + " ".join(f"{k}={v}" for k, v in s.items()), flush=True)
 
     no_resampling = []
+    bands = (160.0, 80.0, 40.0, 20.0, 10.0, 5.0, 2.0, 1.0, 0.0)
     for noise in ("target_score", 3.0):
         for seed in (0, 1):
-            res, occ, _ = run(seed, threshold=0.0, noise=noise)
+            snaps = []  # cumulative log-weights whenever sigma crosses a band edge
+            edges = iter(bands[1:])
+            nxt = [next(edges)]
+
+            def cb(i, t_next, x, state):
+                if nxt[0] is not None and float(process.sigma(t_next)) < nxt[0]:
+                    snaps.append(state.log_w[0].clone())
+                    nxt[0] = next(edges, None)
+
+            res, occ, _ = run(seed, threshold=0.0, noise=noise, callback=cb)
+            snaps.append(res.log_w[0].clone())
+            snaps = [torch.zeros(N, dtype=torch.float64)] + snaps
             sig = process.sigma(res.ts[:-1]).numpy()
             e = res.ess.numpy() / N
             r = {"noise": str(noise), "seed": seed, "tv": round(0.5 * float(np.abs(occ - exact.occ).sum()), 4),
-                 **{f"ess_frac_sigma<{m:g}": round(float(e[np.argmax(sig < m)]), 4) for m in (150, 110, 80, 10, 1)}}
+                 **{f"ess_frac_sigma<{m:g}": round(float(e[np.argmax(sig < m)]), 4) for m in (150, 110, 80, 10, 1)},
+                 "log_w_var_per_band": {f"{hi:g}..{lo:g}": round(float((b - a).var()), 3)
+                                        for hi, lo, a, b in zip(bands[:-1], bands[1:], snaps[:-1], snaps[1:])},
+                 "ess_frac_per_band": {f"{hi:g}..{lo:g}": round(float(smc.ess((b - a)[None])[0]) / N, 4)
+                                       for hi, lo, a, b in zip(bands[:-1], bands[1:], snaps[:-1], snaps[1:])}}
             no_resampling.append(r)
             print("no resampling: " + " ".join(f"{k}={v}" for k, v in r.items()), flush=True)
 
     out = {"benchmark": "feynman_kac_seeds", "N": N, "steps": STEPS, "seeds": list(SEEDS),
-           "exact_samples_per_mode_rel_sd": round(math.sqrt((1 - 1 / fk.K) / (N / fk.K)), 3),
+           "exact_samples_per_mode_rel_sd": round(exact_rel_sd, 3),
            "summary": summary, "no_resampling": no_resampling, "rows": rows,
            "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "seconds": round(time.perf_counter() - t_start, 1)}
