@@ -284,6 +284,10 @@ class FKCResult:
         num_resampled: ``(num_steps,)`` how many groups resampled at each step.
         nfe: model evaluations (all experts).
         eta: the SDE noise level used.
+        lineages: ``(num_steps,)`` surviving lineages after each step: how many distinct starting
+            particles the current particles descend from (mean over groups). Per-step ESS can stay
+            near N while repeated resampling collapses the genealogy; this shows the collapse
+            (N without resampling; non-increasing).
     """
 
     x: Any
@@ -296,6 +300,7 @@ class FKCResult:
     num_resampled: torch.Tensor | None = None
     nfe: int = 0
     eta: float = 1.0
+    lineages: torch.Tensor | None = None
 
     @property
     def num_groups(self) -> int:
@@ -450,7 +455,8 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
         state.log_z = state.log_z + _log_z_prior(p, x, A)
     betas = _reward_schedule(target, ts)
     nfe0 = [e.nfe for e in target.experts]
-    ess_hist, min_hist, n_res = [], [], []
+    ess_hist, min_hist, n_res, lineages = [], [], [], []
+    root = torch.arange(B, device=state.log_w.device)  # each particle's starting ancestor
     for i in tqdm(range(len(ts) - 1), desc="fkc", disable=not progress, leave=False):
         t, tn = ts[i], ts[i + 1]
         with torch.no_grad():
@@ -472,12 +478,13 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
         resampled = torch.zeros(G, dtype=torch.bool)
         if correct and _in_window(resample_window, float(t)):
             # the step's model outputs travel with their particles: no second evaluation
-            carried = (x, x0_list, eps_list) if grad_r is None else (x, x0_list, eps_list, grad_r)
+            carried = (x, x0_list, eps_list, root) if grad_r is None else (x, x0_list, eps_list, root, grad_r)
             carried, state, resampled = maybe_resample(carried, state, step=i, threshold=threshold,
                                                        scheme=scheme, generator=generator)
-            x, x0_list, eps_list = carried[:3]
-            grad_r = carried[3] if grad_r is not None else None
+            x, x0_list, eps_list, root = carried[:4]
+            grad_r = carried[4] if grad_r is not None else None
         n_res.append(int(resampled.sum()))
+        lineages.append(root.unique().numel() / G)
         beta_i = 0.0 if betas is None else float(betas[i])
         x = _move(p, x, combined_eps(target, x0_list), combined_eps(target, eps_list), grad_r, beta_i, A,
                   t, tn, eta, integrator, generator)
@@ -504,7 +511,8 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
     return FKCResult(x=x, log_w=state.log_w, log_z=state.log_normalizer(), ts=ts,
                      ess=torch.tensor(ess_hist, dtype=torch.float64), min_ess=min_ess,
                      resample_steps=list(state.resample_steps),
-                     num_resampled=torch.tensor(n_res), nfe=nfe, eta=eta)
+                     num_resampled=torch.tensor(n_res), nfe=nfe, eta=eta,
+                     lineages=torch.tensor(lineages, dtype=torch.float64))
 
 
 def _node_increment(target, x, eps_list, r, grad_r, betas, ts, i, rule):

@@ -131,7 +131,8 @@ def sample_fkc_masked(models: Sequence[Callable], exponents: Sequence[float], pr
     state = SMCState.init(G, N)
     ts = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
     al = process.alpha(ts).clamp(0.0, 1.0)
-    nfe, ess_hist, min_hist = 0, [], []
+    nfe, ess_hist, min_hist, lineages = 0, [], [], []
+    root = torch.arange(G * N)  # each particle's starting ancestor (FKCResult.lineages)
     for k in tqdm(range(num_steps), disable=not progress, desc="fkc-masked", leave=False):
         a0, a1 = al[k], al[k + 1]
         masked = x == m
@@ -174,8 +175,9 @@ def sample_fkc_masked(models: Sequence[Callable], exponents: Sequence[float], pr
             e = ess(state.log_w)
             ess_hist.append(float(e.mean()))
             min_hist.append(float(e.min()))
-            new, state, _ = maybe_resample(new, state, step=k, threshold=threshold, scheme=scheme,
-                                           generator=generator)
+            (new, root), state, _ = maybe_resample((new, root), state, step=k, threshold=threshold,
+                                                   scheme=scheme, generator=generator)
+            lineages.append(root.unique().numel() / G)
         x = new
     min_ess = torch.tensor(min_hist, dtype=torch.float64)
     if correct and warn_ess is not None and len(min_hist) and float(min_ess.min()) < warn_ess * N:
@@ -183,7 +185,8 @@ def sample_fkc_masked(models: Sequence[Callable], exponents: Sequence[float], pr
                       f"{N} particles; use more particles or steps", RuntimeWarning, stacklevel=2)
     return MaskedFKCResult(x=x, log_w=state.log_w, log_z=state.log_normalizer(), ts=ts,
                            ess=torch.tensor(ess_hist, dtype=torch.float64), min_ess=min_ess,
-                           resample_steps=list(state.resample_steps), nfe=nfe)
+                           resample_steps=list(state.resample_steps), nfe=nfe,
+                           lineages=torch.tensor(lineages, dtype=torch.float64))
 
 
 __all__ = ["sample_fkc_masked", "MaskedFKCResult"]

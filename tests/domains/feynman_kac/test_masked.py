@@ -46,6 +46,7 @@ def test_single_site_weights_are_exact_constants(exps, n_models):
         res = run(oracles, exps, 1, groups=4, num_particles=500, num_steps=steps, threshold=0.0)
         assert torch.allclose(res.log_z, torch.full((4,), log_z, dtype=torch.float64), atol=1e-10)
         assert float((res.log_w.max(1).values - res.log_w.min(1).values).max()) < 1e-10
+        assert torch.equal(res.lineages, torch.full((steps,), 500.0, dtype=torch.float64))  # never resampled
 
 
 def test_single_site_annealed_rate_is_unbiased_for_z():
@@ -70,6 +71,9 @@ def test_annealed_chain_matches_enumeration():
     unc = run([o], [3.0], 4, num_particles=10000, num_steps=64, correct=False)
     assert tv(fkc, o, probs) < 0.05 and abs(float(fkc.log_z[0]) - log_z) < 0.3
     assert tv(unc, o, probs) > 0.1
+    # ESS-triggered resampling happened, so fewer lineages survive; never more than N, non-increasing
+    assert fkc.num_resampling_events > 0 and float(fkc.lineages[-1]) < 10000
+    assert bool((fkc.lineages[1:] <= fkc.lineages[:-1]).all())
 
 
 def test_product_of_two_chains_matches_enumeration():
