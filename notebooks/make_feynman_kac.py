@@ -48,7 +48,9 @@ ax.hist(fkc.x[:, 0].numpy(), bins=100, range=(-4, 6), weights=fkc.weights()[0].n
 ax.hist(plain.x[:, 0].numpy(), bins=100, range=(-4, 6), density=True, alpha=0.4, label="uncorrected")
 ax.plot(grid, p3 / (grid[1] - grid[0]), "k", lw=1, label="exact q^3")
 ax.set_xlim(-4, 6); ax.legend(); fig"""),
-    nbf.v4.new_markdown_cell("Diagnostics: ESS over time (before each resampling) and the resampling events."),
+    nbf.v4.new_markdown_cell("Diagnostics: ESS over time (before each resampling), the surviving lineages (how many "
+                          "distinct starting particles the current ones descend from: path degeneracy, which the "
+                          "per-step ESS does not show) and the resampling events."),
     nbf.v4.new_code_cell("fkc.plot_diagnostics()"),
     nbf.v4.new_markdown_cell("## Product of experts and classifier-free guidance"),
     nbf.v4.new_code_cell("""q2 = GaussianMixture(torch.tensor([[-1.5], [1.5]]), torch.tensor([0.25, 0.49]))
