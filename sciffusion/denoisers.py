@@ -146,7 +146,7 @@ def _check_shape(out, x):
 
 def _to_x0_eps(kind, x, out, a, s, da, ds):
     _check_shape(out, x)
-    a, s, da, ds = (bcast(c, x) for c in (a, s, da, ds))
+    a, s = bcast(a, x), bcast(s, x)  # (da, ds only for velocity: this runs at every model call)
     if kind == "eps":
         return (x - s * out) / a, out
     if kind == "x0":
@@ -157,6 +157,7 @@ def _to_x0_eps(kind, x, out, a, s, da, ds):
     if kind == "v":
         n = a * a + s * s
         return (a * x - s * out) / n, (s * x + a * out) / n
+    da, ds = bcast(da, x), bcast(ds, x)
     det = a * ds - s * da  # velocity; det = alpha sigma (dlog sigma - dlog alpha) > 0
     return (ds * x - s * out) / det, (a * out - da * x) / det
 

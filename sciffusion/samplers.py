@@ -338,7 +338,7 @@ def _combine(x, scale: float, terms):
     """``scale * x + sum_j c_j * v_j`` with float64 scalar coefficients."""
     out = x * scale
     for c, v in terms:
-        out = out + float(c) * v
+        out = out.add(v, alpha=float(c))  # fused multiply-add: one op, no temporary per term
     return out
 
 
