@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -96,18 +97,17 @@ def check_ts(ts: Any, process=None) -> torch.Tensor:
     ts = torch.as_tensor(ts, dtype=torch.float64)
     if ts.ndim != 1 or ts.numel() < 2:
         raise ValueError(f"ts must be a 1-D grid of at least 2 times, got shape {tuple(ts.shape)}")
-    if not torch.isfinite(ts).all():
+    v = ts.tolist()  # checked as Python floats: no tensor op per check (this runs on every sampler call)
+    if not all(math.isfinite(a) for a in v):
         raise ValueError("ts contains NaN or infinite times")
-    diffs = ts[1:] - ts[:-1]
-    if not (diffs < 0).all():
-        i = int(torch.nonzero(diffs >= 0)[0])
+    i = next((i for i in range(len(v) - 1) if not v[i + 1] < v[i]), None)
+    if i is not None:
         raise ValueError(f"ts must decrease strictly from noise (t_max) to data (t_min); "
-                         f"ts[{i}]={ts[i].item():.6g} <= ts[{i + 1}]={ts[i + 1].item():.6g}")
+                         f"ts[{i}]={v[i]:.6g} <= ts[{i + 1}]={v[i + 1]:.6g}")
     if process is not None:
         lo, hi = 0.0, float(process.T)
-        if ts.min() < lo or ts.max() > hi * (1 + 1e-12):
-            raise ValueError(f"ts must lie in [{lo}, {hi}] for {process!r}; got [{ts.min().item():.6g}, "
-                             f"{ts.max().item():.6g}]")
+        if v[-1] < lo or v[0] > hi * (1 + 1e-12):
+            raise ValueError(f"ts must lie in [{lo}, {hi}] for {process!r}; got [{v[-1]:.6g}, {v[0]:.6g}]")
         if not all(torch.isfinite(lam).all() for lam in tree_leaves(process.lam(ts))):
             raise ValueError(f"lambda(t) is infinite on this grid for {process!r}: keep ts inside "
                              f"[{process.t_min}, {process.t_max}] (alpha or sigma vanishes at the ends)")
