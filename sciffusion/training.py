@@ -18,6 +18,8 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from .utils import save_atomic
+
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.nn.Module, Any, torch.Generator], torch.Tensor]
@@ -57,13 +59,6 @@ class _Batches:
         idx = torch.randint(self.n, (self.batch_size,), generator=generator)
         out = tuple(d[idx] for d in self.data)
         return out[0] if self.single else out
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # atomic on POSIX: a crash leaves the old checkpoint whole
 
 
 def fit(
@@ -133,7 +128,7 @@ def fit(
 
     def save(step: int) -> None:
         if path is not None:
-            _save_atomic({"model": model.state_dict(), "ema": ema.state_dict(),
+            save_atomic({"model": model.state_dict(), "ema": ema.state_dict(),
                           "optimizer": opt.state_dict(), "generator": generator.get_state(),
                           "losses": losses, "step": step}, path)
 

@@ -8,6 +8,8 @@ meets a tensor only through :func:`append_dims`, so no code writes ``[:, None, N
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -110,3 +112,13 @@ def as_time(t: Any) -> torch.Tensor:
 def choice_error(kind: str, name: Any, valid: Any) -> ValueError:
     """The error for an unknown name, listing the valid ones."""
     return ValueError(f"unknown {kind} {name!r}; expected one of: {', '.join(sorted(valid))}")
+
+
+def save_atomic(obj: dict, path) -> None:
+    """``torch.save(obj, path)`` through a temporary file and ``os.replace``: a crash mid-write
+    leaves the previous checkpoint whole (atomic on POSIX). Used by every checkpointing loop."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

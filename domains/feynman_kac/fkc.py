@@ -57,6 +57,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -64,7 +65,7 @@ from tqdm.auto import tqdm
 
 from sciffusion.schedules import check_ts, get_schedule
 from sciffusion.smc import SMCState, ess, gather, maybe_resample, normalize, resample
-from sciffusion.utils import (batch_size, bcast, check_finite, tree_leaves, tree_map,
+from sciffusion.utils import (batch_size, bcast, check_finite, save_atomic, tree_leaves, tree_map,
                               tree_numel_per_sample)
 
 NOISE_PRESETS = ("target_score", "tempered")
@@ -348,7 +349,7 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
                integrator: str = "exponential", weight_rule: str = "left", correct: bool = True, threshold: float = 0.5,
                scheme: str = "systematic", resample_window: tuple | None = None,
                correction_window: tuple | None = None, warn_ess: float | None = 0.01,
-               log_weights: torch.Tensor | None = None,
+               log_weights: torch.Tensor | None = None, checkpoint: Any = None, checkpoint_every: int = 100,
                generator: torch.Generator | None = None, callback: Callable | None = None,
                progress: bool = False, dtype=torch.float32, device=None) -> FKCResult:
     """Feynman–Kac corrected SMC sampling of a :class:`Target` (paper Alg. 1).
@@ -407,6 +408,12 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
             and :math:`N(0, s^2/A)` is not exact there. They enter ``log_z`` as well.
         generator: the only source of randomness.
         callback: ``callback(i, t_next, x, state)`` after every step.
+        checkpoint: optional file path. The run state (particles, weights, log Z, diagnostics, the
+            generator's state, the step) is written there atomically every ``checkpoint_every`` steps
+            and at the end; a call whose checkpoint file exists resumes from it and finishes exactly
+            as the uninterrupted run would (same particles, bit for bit). Needs ``generator``; the
+            file records the run's settings and refuses a resume with different ones.
+        checkpoint_every: steps between checkpoints (>= 1).
 
     Returns:
         :class:`FKCResult`.
@@ -457,7 +464,36 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
     nfe0 = [e.nfe for e in target.experts]
     ess_hist, min_hist, n_res, lineages = [], [], [], []
     root = torch.arange(B, device=state.log_w.device)  # each particle's starting ancestor
-    for i in tqdm(range(len(ts) - 1), desc="fkc", disable=not progress, leave=False):
+    start, nfe_before = 0, 0
+    settings = None
+    if checkpoint is not None:
+        if generator is None:
+            raise ValueError("checkpoint needs an explicit generator, so that a resumed run continues "
+                             "the same random stream")
+        if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+        settings = {"ts": ts.tolist(), "num_particles": N, "groups": G, "exponents": list(target.exponents),
+                    "eta": eta, "integrator": integrator, "weight_rule": weight_rule, "correct": correct,
+                    "threshold": float(threshold), "scheme": scheme, "reward_scale": float(target.reward_scale)}
+        if Path(checkpoint).exists():
+            ck = torch.load(checkpoint, weights_only=False)
+            diff = sorted(k for k in settings if ck["settings"].get(k) != settings[k])
+            if diff:
+                raise ValueError(f"checkpoint {checkpoint} was written by a run with other settings ({diff}); "
+                                 "delete it or pass the same arguments")
+            x, state, root, generator_state = ck["x"], ck["state"], ck["root"], ck["generator"]
+            ess_hist, min_hist, n_res, lineages = ck["ess"], ck["min_ess"], ck["num_resampled"], ck["lineages"]
+            start, nfe_before = ck["step"], ck["nfe"]
+            generator.set_state(generator_state)
+
+    def save(step):
+        save_atomic({"settings": settings, "x": x, "state": state, "root": root, "generator": generator.get_state(),
+                     "ess": ess_hist, "min_ess": min_hist, "num_resampled": n_res, "lineages": lineages,
+                     "step": step, "nfe": nfe_before + sum(e.nfe - n0 for e, n0 in zip(target.experts, nfe0))},
+                    checkpoint)
+
+    for i in tqdm(range(start, len(ts) - 1), desc="fkc", disable=not progress, leave=False,
+                  initial=start, total=len(ts) - 1):
         t, tn = ts[i], ts[i + 1]
         with torch.no_grad():
             preds = [e.predict(x, t) for e in target.experts]
@@ -491,6 +527,8 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
         check_finite(x, i, "fkc")
         if callback is not None:
             callback(i, tn, x, state)
+        if checkpoint is not None and ((i + 1) % checkpoint_every == 0 or i + 1 == len(ts) - 1):
+            save(i + 1)
     n = len(ts) - 1
     if correct and weight_rule == "trapezoid" and _in_window(correction_window, float(ts[n - 1])):
         # close the last interval at t_min: one more evaluation of every expert
@@ -501,7 +539,7 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
         if betas is not None:
             r, grad_r = _reward_and_grad(target.reward, x)
         state.reweight(_node_increment(target, x, eps_list, r, grad_r, betas, ts, n, weight_rule))
-    nfe = sum(e.nfe - n0 for e, n0 in zip(target.experts, nfe0))
+    nfe = nfe_before + sum(e.nfe - n0 for e, n0 in zip(target.experts, nfe0))
     min_ess = torch.tensor(min_hist, dtype=torch.float64)
     if correct and warn_ess is not None and len(min_hist) and float(min_ess.min()) < warn_ess * N:
         j = int(min_ess.argmin())

@@ -218,6 +218,38 @@ def test_starting_log_weights_correct_a_wrong_start():
         sample_fkc(target, x0, log_weights=torch.full_like(lw, float("nan")), **kw)
 
 
+def test_checkpoint_resume_is_bit_identical(tmp_path):
+    """A run stopped at step 17 (checkpoints every 5 steps, so the last one is at step 15) and
+    called again with the same arguments resumes from step 15 and ends with exactly the particles,
+    log-weights, log Z, diagnostics and NFE of the uninterrupted run (the generator's state is
+    restored). A resume with other settings, or a checkpoint without a generator, is refused."""
+    q = q_left_right()
+    target = anneal(q.denoiser(EDM()), 3.0)
+    kw = dict(num_particles=256, num_steps=30, noise=1.0, threshold=0.5, warn_ess=None, dtype=torch.float64)
+    full = sample_fkc(target, (2, 1), generator=torch.Generator().manual_seed(3), **kw)
+    path = tmp_path / "fkc.pt"
+
+    def stop(i, t, x, state):
+        if i == 17:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sample_fkc(target, (2, 1), generator=torch.Generator().manual_seed(3), checkpoint=path,
+                   checkpoint_every=5, callback=stop, **kw)
+    assert torch.load(path, weights_only=False)["step"] == 15
+    resumed = sample_fkc(target, (2, 1), generator=torch.Generator().manual_seed(99), checkpoint=path,
+                         checkpoint_every=5, **kw)
+    for a, b in ((full.x, resumed.x), (full.log_w, resumed.log_w), (full.log_z, resumed.log_z),
+                 (full.ess, resumed.ess), (full.lineages, resumed.lineages)):
+        assert torch.equal(a, b)
+    assert full.resample_steps == resumed.resample_steps and full.nfe == resumed.nfe == 30
+    with pytest.raises(ValueError, match="other settings"):
+        sample_fkc(target, (2, 1), generator=torch.Generator().manual_seed(3), checkpoint=path,
+                   **{**kw, "noise": 3.0})
+    with pytest.raises(ValueError, match="generator"):
+        sample_fkc(target, (2, 1), checkpoint=tmp_path / "other.pt", **kw)
+
+
 def test_weights_do_not_depend_on_eta_and_eta_family_agrees():
     """One increment for every eta (no eta argument exists); the target-score (eta=1),
     tempered (eta=1/A) and eta=3 samplers all estimate the same mass within 0.05 of the exact one
