@@ -520,7 +520,8 @@ def sample_fkc(target: Target, x_or_shape: Any, *, num_particles: int, num_steps
             x, x0_list, eps_list, root = carried[:4]
             grad_r = carried[4] if grad_r is not None else None
         n_res.append(int(resampled.sum()))
-        lineages.append(root.unique().numel() / G)
+        # lineages change only when a group resampled: no sort on the other steps
+        lineages.append(root.unique().numel() / G if resampled.any() or not lineages else lineages[-1])
         beta_i = 0.0 if betas is None else float(betas[i])
         x = _move(p, x, combined_eps(target, x0_list), combined_eps(target, eps_list), grad_r, beta_i, A,
                   t, tn, eta, integrator, generator)

@@ -175,9 +175,9 @@ def sample_fkc_masked(models: Sequence[Callable], exponents: Sequence[float], pr
             e = ess(state.log_w)
             ess_hist.append(float(e.mean()))
             min_hist.append(float(e.min()))
-            (new, root), state, _ = maybe_resample((new, root), state, step=k, threshold=threshold,
-                                                   scheme=scheme, generator=generator)
-            lineages.append(root.unique().numel() / G)
+            (new, root), state, did = maybe_resample((new, root), state, step=k, threshold=threshold,
+                                                     scheme=scheme, generator=generator)
+            lineages.append(root.unique().numel() / G if did.any() or not lineages else lineages[-1])
         x = new
     min_ess = torch.tensor(min_hist, dtype=torch.float64)
     if correct and warn_ess is not None and len(min_hist) and float(min_ess.min()) < warn_ess * N:
