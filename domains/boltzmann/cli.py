@@ -1,0 +1,1 @@
+"""CLI and tour section of boltzmann (filled in as the domain lands)."""

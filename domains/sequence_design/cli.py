@@ -1,0 +1,1 @@
+"""CLI and tour section of sequence_design (filled in as the domain lands)."""
