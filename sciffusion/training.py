@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .utils import save_atomic
+from .utils import check_resume, fingerprint, save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def fit(
     checkpoint_every: int = 500,
     progress: bool = True,
     desc: str = "fit",
+    settings: dict | None = None,
 ) -> FitResult:
     """Train ``model`` by minimising ``loss_fn`` with Adam.
 
@@ -97,8 +98,14 @@ def fit(
         grad_clip: max gradient norm, or ``None``.
         seed: seeds the generator that orders the data and feeds the loss's noise.
         checkpoint: path; if it exists, training resumes from it; it is (re)written atomically
-            every ``checkpoint_every`` steps and at the end.
+            every ``checkpoint_every`` steps and at the end. The checkpoint stores a fingerprint
+            (:func:`sciffusion.utils.fingerprint`) of the data, the model's architecture,
+            ``batch_size``, ``lr``, ``weight_decay``, ``ema_decay``, ``grad_clip``, ``seed`` and
+            ``settings``; a resume whose fingerprint differs raises ValueError naming the setting
+            (``steps`` may grow: resuming with more steps trains on).
         progress: show a tqdm bar.
+        settings: anything else that changes the result and that ``loss_fn`` closes over (the
+            forward process, a weighting, a target), by name; it joins the fingerprint.
 
     Returns:
         :class:`FitResult`.
@@ -109,7 +116,15 @@ def fit(
         raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {steps} and {batch_size}")
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+    if not callable(data):
+        for i, d in enumerate(data if isinstance(data, (tuple, list)) else (data,)):
+            if isinstance(d, torch.Tensor) and d.is_floating_point() and not torch.isfinite(d).all():
+                bad = (~torch.isfinite(d)).sum().item()
+                raise ValueError(f"data: tensor {i} holds {bad} NaN or infinite value(s); "
+                                 "drop or impute them before training")
     draw = data if callable(data) else _Batches(data, batch_size).draw
+    stamp = fingerprint(data=data, model=model, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                        ema_decay=ema_decay, grad_clip=grad_clip, seed=seed, settings=settings or {})
     generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -118,6 +133,7 @@ def fit(
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
         state = torch.load(path, weights_only=False)
+        check_resume(state.get("fingerprint"), stamp, what=f"checkpoint {path}")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -130,7 +146,7 @@ def fit(
         if path is not None:
             save_atomic({"model": model.state_dict(), "ema": ema.state_dict(),
                           "optimizer": opt.state_dict(), "generator": generator.get_state(),
-                          "losses": losses, "step": step}, path)
+                          "losses": losses, "step": step, "fingerprint": stamp}, path)
 
     model.train()
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)

@@ -7,6 +7,7 @@ meets a tensor only through :func:`append_dims`, so no code writes ``[:, None, N
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -122,3 +123,110 @@ def save_atomic(obj: dict, path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def _digest_bytes(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def _canonical(value: Any, depth: int = 0) -> str:
+    """A canonical text of ``value`` for hashing: equal settings give equal text."""
+    if depth > 8:
+        return f"<{type(value).__qualname__}>"
+    if value is None or isinstance(value, (bool, int, str)):
+        return repr(value)
+    if isinstance(value, float):
+        return float.hex(value) if math.isfinite(value) else repr(value)
+    if isinstance(value, Path):
+        return repr(str(value))
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        body = t.reshape(-1).view(torch.uint8) if t.numel() and t.dtype != torch.bool else t.to(torch.uint8)
+        return f"tensor({t.dtype},{tuple(t.shape)}):" + _digest_bytes(bytes(body.numpy().tobytes()))
+    if type(value).__module__ == "numpy":
+        import numpy as np  # numpy ships with torch's requirements here; imported only when met
+
+        a = np.ascontiguousarray(value)
+        return f"ndarray({a.dtype},{a.shape}):" + _digest_bytes(a.tobytes())
+    if isinstance(value, dict):
+        items = sorted((repr(k), _canonical(v, depth + 1)) for k, v in value.items())
+        return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
+    if isinstance(value, (tuple, list)):
+        return type(value).__name__ + "[" + ",".join(_canonical(v, depth + 1) for v in value) + "]"
+    if isinstance(value, torch.nn.Module):
+        # the architecture, not the weights (which training changes): module tree and shapes
+        shapes = [(k, tuple(p.shape), str(p.dtype)) for k, p in value.state_dict().items()]
+        return f"module:{value!r}:{shapes!r}"
+    if isinstance(value, torch.dtype):
+        return str(value)
+    code = getattr(value, "__code__", None)
+    if code is not None:  # a function: its name, bytecode, constants and closed-over values
+        cells = [c.cell_contents for c in (getattr(value, "__closure__", None) or ())]
+        return (f"function:{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}:"
+                + _digest_bytes(code.co_code, repr(code.co_consts).encode())
+                + ":" + _canonical(cells, depth + 1))
+    text = repr(value)
+    if " at 0x" not in text:  # a repr that shows the value (processes, dataclasses, ...)
+        return f"{type(value).__qualname__}:{text}"
+    attrs = getattr(value, "__dict__", None)
+    if attrs is not None:
+        return f"{type(value).__module__}.{type(value).__qualname__}:" + _canonical(dict(attrs), depth + 1)
+    return f"<{type(value).__qualname__}>"
+
+
+def fingerprint(**settings: Any) -> dict[str, str]:
+    """A fingerprint of everything that changes a run's result, one entry per named setting.
+
+    Each value becomes a short stable text: numbers, strings and ``None`` as themselves (so an
+    error can show both values), tensors and arrays as dtype, shape and a SHA-256 of their bytes,
+    modules as their architecture (module tree, parameter names, shapes and dtypes: not the
+    weights, which training changes), functions as name, bytecode and closed-over values, other
+    objects as their ``repr`` or, failing a value-showing one, their attributes. Store the returned
+    dict in a checkpoint and compare it on resume with :func:`check_resume`.
+
+    Args:
+        **settings: name -> value for every input that changes the result (data, model
+            configuration, targets, rewards, windows, seeds, hyper-parameters).
+
+    Returns:
+        ``{name: text}``, plain strings (safe to store with ``torch.save`` or JSON).
+    """
+    out = {}
+    for name, value in settings.items():
+        text = _canonical(value)
+        if isinstance(value, float) and math.isfinite(value):
+            text = repr(value)
+        out[name] = text if len(text) <= 64 else _digest_bytes(text.encode())
+    return out
+
+
+def check_resume(saved: dict | None, current: dict[str, str], *, what: str = "checkpoint") -> None:
+    """Refuse to resume a run whose settings differ from the ones it was started with.
+
+    Args:
+        saved: the fingerprint stored with the run (``None`` for a file written without one).
+        current: :func:`fingerprint` of this call's settings.
+        what: how to name the saved run in the message (e.g. the checkpoint path).
+
+    Raises:
+        ValueError: naming every setting that differs (with both values where they are short),
+            or saying the file carries no fingerprint.
+    """
+    if not isinstance(saved, dict):
+        raise ValueError(f"{what} carries no settings fingerprint (written by an older version or "
+                         "another program); delete it or choose another path to start afresh")
+    names = sorted(set(saved) | set(current))
+    diff = [n for n in names if saved.get(n) != current.get(n)]
+    if not diff:
+        return
+    parts = []
+    for n in diff:
+        a, b = saved.get(n, "<absent>"), current.get(n, "<absent>")
+        short = not a.startswith("sha256:") and not b.startswith("sha256:") and len(a) + len(b) < 60
+        parts.append(f"{n} (saved {a}, now {b})" if short else n)
+    raise ValueError(f"{what} was written by a run with different settings: {', '.join(parts)}; "
+                     "resume with the original settings, or delete it / choose another path to start afresh")
