@@ -43,13 +43,15 @@ from .oracle import MarkovChainOracle, forward_backward
 from .posteriors import (concrete_score_from_loo, denoiser_from_loo, gibbs_conditional, loo_from_concrete_score,
                          loo_from_denoiser, uniform_bridge)
 from .processes import AbsorbingUniformProcess, MaskedProcess, UniformProcess, check_tokens, get_discrete_process
-from .samplers import (SAMPLERS, DiscreteSample, gibbs_corrector, get_discrete_sampler, model_probs, sample_absorbing_uniform,
-                       sample_ancestral, sample_first_hitting, sample_remdm, sample_uniform)
+from .samplers import (SAMPLERS, DiscreteSample, ancestral_step, first_hitting_step, gibbs_corrector,
+                       get_discrete_sampler, model_probs, sample_absorbing_uniform, sample_ancestral, sample_first_hitting,
+                       sample_remdm, sample_uniform)
 from .schedules import Cosine, DiscreteSchedule, Geometric, LogLinear, get_discrete_schedule
 
 __all__ = ["MarkovChainOracle", "forward_backward", "MaskedProcess", "UniformProcess", "AbsorbingUniformProcess",
            "check_tokens", "get_discrete_process", "denoiser_from_loo", "loo_from_denoiser",
            "concrete_score_from_loo", "loo_from_concrete_score", "uniform_bridge", "gibbs_conditional",
-           "SAMPLERS", "DiscreteSample", "get_discrete_sampler", "model_probs", "sample_ancestral",
+           "SAMPLERS", "DiscreteSample", "ancestral_step", "first_hitting_step", "get_discrete_sampler", "model_probs",
+           "sample_ancestral",
            "sample_first_hitting", "sample_remdm", "gibbs_corrector", "sample_uniform", "sample_absorbing_uniform",
            "DiscreteSchedule", "LogLinear", "Cosine", "Geometric", "get_discrete_schedule"]

@@ -29,8 +29,8 @@ from sciffusion.utils import choice_error
 from .posteriors import gibbs_conditional, loo_from_denoiser, uniform_bridge
 from .processes import AbsorbingUniformProcess, MaskedProcess, UniformProcess, check_tokens
 
-__all__ = ["DiscreteSample", "sample_ancestral", "sample_first_hitting", "sample_remdm", "sample_uniform",
-           "sample_absorbing_uniform", "gibbs_corrector", "SAMPLERS", "get_discrete_sampler", "model_probs"]
+__all__ = ["DiscreteSample", "ancestral_step", "first_hitting_step", "sample_ancestral", "sample_first_hitting",
+           "sample_remdm", "sample_uniform", "sample_absorbing_uniform", "gibbs_corrector", "SAMPLERS", "get_discrete_sampler", "model_probs"]
 
 
 @dataclass
@@ -93,6 +93,85 @@ def _call(model, x, V, *args):
     return logits
 
 
+def ancestral_step(x: torch.Tensor, probs: torch.Tensor, alpha_t: float, alpha_s: float, mask_id: int, *,
+                   generator: torch.Generator | None = None, method: str = "cdf",
+                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    r"""One ancestral transition of masked diffusion from t to s < t, for a batch
+    (Sahoo et al. 2024, Eq. 7; Shi et al. 2024, Alg. 2).
+
+    Every masked site draws independently from the (V+1)-way categorical
+
+    .. math:: p(x_s^i = v) = \frac{\alpha_s - \alpha_t}{1 - \alpha_t}\,p(x_0^i = v \mid x_t),\qquad
+              p(x_s^i = m) = \frac{1 - \alpha_s}{1 - \alpha_t};
+
+    clean sites stay. This is the one implementation of the step: :func:`sample_ancestral` and the
+    value-guided decoders of ``sequence_design`` call it.
+
+    Args:
+        x: ``(B, L)`` long tokens, ``mask_id`` at masked sites (not modified).
+        probs: :math:`p(x_0 \mid x_t)` in float64, either ``(B, L, V)`` or ``(n, V)``: the rows at
+            the ``n`` masked sites of ``x`` in row-major order (``probs[x == mask_id]``).
+        alpha_t, alpha_s: keep-probabilities at t and s, :math:`\alpha_t \le \alpha_s`, :math:`\alpha_t < 1`.
+        mask_id: the mask token.
+        generator: the randomness.
+        method, dtype: passed to :func:`sample_categorical`.
+
+    Returns:
+        ``(B, L)`` long :math:`x_s` (a new tensor).
+    """
+    a_t, a_s = float(alpha_t), float(alpha_s)
+    if not 0.0 <= a_t <= a_s <= 1.0 or a_t == 1.0:
+        raise ValueError(f"need 0 <= alpha_t <= alpha_s <= 1 and alpha_t < 1, got alpha_t={a_t}, alpha_s={a_s}")
+    masked = x == mask_id
+    pm = probs[masked] if probs.dim() == 3 else probs
+    if pm.dim() != 2 or pm.shape[0] != int(masked.sum()):
+        raise ValueError(f"probs must be (B, L, V) or (num_masked, V) = ({int(masked.sum())}, V), "
+                         f"got {tuple(probs.shape)}")
+    out = x.clone()
+    if pm.shape[0] == 0:
+        return out
+    V = pm.shape[-1]
+    q = torch.cat([pm * ((a_s - a_t) / (1.0 - a_t)),
+                   torch.full((pm.shape[0], 1), (1.0 - a_s) / (1.0 - a_t), dtype=torch.float64, device=x.device)], -1)
+    draw = sample_categorical(q, generator=generator, method=method, dtype=dtype, validate=False)
+    out[masked] = torch.where(draw == V, torch.full_like(draw, mask_id), draw)
+    return out
+
+
+def first_hitting_step(x: torch.Tensor, logits: torch.Tensor, mask_id: int, *,
+                       generator: torch.Generator | None = None, temperature: float = 1.0,
+                       top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The first-hitting unmasking of one site per sequence (Zheng et al. 2024, Alg. 1).
+
+    A site :math:`i` is chosen uniformly among the masked sites of each row and set to
+    :math:`x^i \sim p(x_0^i \mid x_t)` (with temperature / top-p); every other site stays. The time
+    of the jump (needed only by time-conditioned models) is drawn by :func:`sample_first_hitting`.
+    This is the one implementation of the step, shared by :func:`sample_first_hitting` and the
+    decoders of ``sequence_design``.
+
+    Args:
+        x: ``(B, L)`` long tokens with at least one ``mask_id`` per row (not modified).
+        logits: ``(B, L, V)`` model output at ``x``; only the chosen site's row is used.
+        mask_id: the mask token.
+        generator: the randomness (site first, then token).
+
+    Returns:
+        ``(x_new, pos)``: ``(B, L)`` tokens and the ``(B,)`` unmasked positions.
+    """
+    masked = x == mask_id
+    if not masked.any(1).all():
+        raise ValueError("first_hitting_step: every row of x needs at least one masked site")
+    if logits.shape[:2] != x.shape:
+        raise ValueError(f"logits must be (B, L, V) with (B, L) = {tuple(x.shape)}, got {tuple(logits.shape)}")
+    pos = sample_categorical(masked.double(), generator=generator, validate=False)
+    rows = torch.arange(x.shape[0], device=x.device)
+    tok = sample_categorical(model_probs(logits[rows, pos], temperature, top_p), generator=generator,
+                             validate=False)
+    out = x.clone()
+    out[rows, pos] = tok
+    return out, pos
+
+
 def sample_ancestral(model, process: MaskedProcess, shape=None, num_steps: int = 128, *,
                      generator: torch.Generator | None = None, x: torch.Tensor | None = None,
                      cache: bool = True, temperature: float = 1.0, top_p: float = 1.0,
@@ -152,16 +231,10 @@ def sample_ancestral(model, process: MaskedProcess, shape=None, num_steps: int =
             nfe += 1
             per_seq[rows] += 1
             dirty[rows] = False
-        a_t, a_s = al[k], al[k + 1]
-        pm = table[slot[masked]]
-        q = torch.cat([pm * ((a_s - a_t) / (1.0 - a_t)),
-                       torch.full((pm.shape[0], 1), (1.0 - a_s) / (1.0 - a_t), dtype=torch.float64, device=dev)], -1)
-        draw = sample_categorical(q, generator=generator, method=method, dtype=dtype, validate=False)
-        new = torch.where(draw == V, torch.full_like(draw, m), draw)
-        changed = torch.zeros_like(masked)
-        changed[masked] = new != m
-        x[masked] = new
-        dirty |= changed.any(1)
+        x_new = ancestral_step(x, table[slot[masked]], al[k], al[k + 1], m, generator=generator, method=method,
+                               dtype=dtype)
+        dirty |= (x_new != x).any(1)
+        x = x_new
     return DiscreteSample(x, nfe, per_seq)
 
 
@@ -197,10 +270,8 @@ def sample_first_hitting(model, process: MaskedProcess, shape=None, *, generator
             t[rows] = sched.t_of_alpha(1.0 - (1.0 - a_t) * u ** (1.0 / n_masked[rows].double()))
             times.append(t.clone())
         xr = x[rows]
-        pos = sample_categorical((xr == m).double(), generator=generator, validate=False)
-        logits = _call(model, xr, V)[torch.arange(rows.shape[0], device=dev), pos]
-        tok = sample_categorical(model_probs(logits, temperature, top_p), generator=generator, validate=False)
-        x[rows, pos] = tok
+        x[rows], _ = first_hitting_step(xr, _call(model, xr, V), m, generator=generator, temperature=temperature,
+                                        top_p=top_p)
         n_masked[rows] -= 1
         per_seq[rows] += 1
         nfe += 1

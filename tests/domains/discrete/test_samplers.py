@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from sciffusion.domains.discrete import (AbsorbingUniformProcess, MarkovChainOracle, MaskedProcess,
-                                         UniformProcess, sample_absorbing_uniform, sample_ancestral,
-                                         sample_first_hitting, sample_remdm, sample_uniform)
+                                         UniformProcess, ancestral_step, first_hitting_step, sample_absorbing_uniform,
+                                         sample_ancestral, sample_first_hitting, sample_remdm, sample_uniform)
 from sciffusion.domains.discrete.oracle import chi2_sf
 
 K, L = 4, 6
@@ -215,3 +215,41 @@ def test_sampler_bad_input(oracle):
         sample_ancestral(m, pr, x=torch.tensor([[0, 9, 4, 4, 4, 4]]), num_steps=4, generator=g)
     with pytest.raises(ValueError, match="strategy"):
         sample_remdm(m, pr, (2, L), 4, strategy="x", generator=g)
+
+
+def test_ancestral_step_law_and_bad_input():
+    """Figures: one step t -> s (alpha 0.2 -> 0.6) from one masked site with p(x0) = (.1, .2, .3, .4):
+    the frequencies of the V + 1 outcomes in 2e5 draws match (alpha_s - alpha_t)/(1 - alpha_t) p
+    and (1 - alpha_s)/(1 - alpha_t) to 5 binomial standard errors; clean sites never change; the
+    (B, L, V) and (n, V) forms of probs draw the same tokens from one seed."""
+    V, n = 4, 200_000
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    x = torch.tensor([[2, V]]).repeat(n, 1)
+    full = p.expand(n, 2, V).clone()
+    out = ancestral_step(x, full, 0.2, 0.6, V, generator=torch.Generator().manual_seed(0))
+    assert (out[:, 0] == 2).all()
+    freq = torch.bincount(out[:, 1], minlength=V + 1).double() / n
+    expect = torch.cat([p * 0.4 / 0.8, torch.tensor([0.4 / 0.8], dtype=torch.float64)])
+    assert ((freq - expect).abs() <= 5 * (expect * (1 - expect) / n).sqrt()).all()
+    same = ancestral_step(x, full[:, 1], 0.2, 0.6, V, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, same)
+    with pytest.raises(ValueError, match="alpha_t"):
+        ancestral_step(x, full, 0.7, 0.6, V)
+    with pytest.raises(ValueError, match="num_masked"):
+        ancestral_step(x, full[:3, 1], 0.2, 0.6, V)
+
+
+def test_first_hitting_step_unmasks_one_uniform_site():
+    """Figures: each call unmasks exactly one site, chosen uniformly among the masked ones (3 masked
+    sites: each chosen with frequency 1/3 within 5 binomial standard errors in 3e4 rows), the token
+    drawn from that site's logits (a one-hot logit row: always that token)."""
+    V, n = 4, 30_000
+    x = torch.tensor([[V, 1, V, V]]).repeat(n, 1)
+    logits = torch.full((n, 4, V), -float("inf"))
+    logits[:, :, 3] = 0.0
+    out, pos = first_hitting_step(x, logits, V, generator=torch.Generator().manual_seed(0))
+    assert ((out != x).sum(1) == 1).all() and (out[torch.arange(n), pos] == 3).all()
+    freq = torch.bincount(pos, minlength=4).double() / n
+    assert freq[1] == 0 and ((freq[[0, 2, 3]] - 1 / 3).abs() < 5 * (2 / 9 / n) ** 0.5).all()
+    with pytest.raises(ValueError, match="at least one masked"):
+        first_hitting_step(torch.tensor([[0, 1]]), torch.zeros(1, 2, V), V)
