@@ -100,8 +100,10 @@ class BridgeFit:
         plans: final pairwise couplings.
         ts, paths: final trajectories ``(S+1,)``, ``(n, S+1, d)``.
         history: one dict per iteration (``params``, ``param_change``, ``transport_cost``,
-            ``marginal_error``, ``sinkhorn_iterations``).
-        converged: whether the parameter change fell below ``tol``.
+            ``marginal_error``, ``sinkhorn_iterations``, ``refit_ok``).
+        converged: whether the parameter change fell below ``tol`` after a refit that finished
+            without error (a refit that failed and kept its starting point changes nothing, and
+            is not convergence).
         max_step: grid step used for bridges.
     """
 
@@ -216,40 +218,76 @@ def fit_bridge(snapshots: Snapshots, reference: Reference, *, iterations: int = 
         old_v = current.vector() if current.vector().shape == new.vector().shape else None
         change = (float((new.vector() - old_v).norm() / max(1.0, float(new.vector().norm())))
                   if old_v is not None else math.inf)
+        info = getattr(new, "refit_info", None) or {"ok": True}
+        new.refit_info = None  # belongs to this refit only
         rec["param_change"] = change
+        rec["refit_ok"] = bool(info["ok"])
+        if not info["ok"]:
+            rec["refit_errors"] = info.get("errors", [])
+            log.warning("iteration %d: the refit failed (%s)", it, "; ".join(info.get("errors", [])))
         log.info("iteration %d: %s change %.3g", it, new, change)
         bar.set_postfix(change=f"{change:.2g}")
         current = new
         reference = new
-        if change <= tol:
+        if change <= tol and info["ok"]:
             converged = True
     return BridgeFit(current, snapshots, plans, ts, paths, history, converged, max_step)
 
 
-def bootstrap(snapshots: Snapshots, fit: BridgeFit, *, num_boot: int = 20, iterations: int = 3,
-              level: float = 0.9, generator: torch.Generator | None = None, **kwargs) -> dict:
+def bootstrap(snapshots: Snapshots, fit: BridgeFit, *, num_boot: int = 20, iterations: int = 4,
+              level: float = 0.9, tol: float = 1e-3, generator: torch.Generator | None = None,
+              **kwargs) -> dict:
     """Percentile bootstrap intervals for the reference parameters.
 
     Each replicate resamples every snapshot with replacement and reruns :func:`fit_bridge`
-    from the fitted reference (no warm-up, ``iterations`` passes, so ``iterations - 1`` refits).
+    from the fitted reference (no warm-up, at most ``iterations`` passes). Only replicates whose
+    refit converged (:attr:`BridgeFit.converged`: parameter change below ``tol`` after a refit that
+    finished without error) enter the intervals; the others are counted and reported, never
+    returned as estimates (a failed refit keeps its starting point, the estimate itself, and
+    would shrink the interval onto it). Intervals are percentiles of the converged replicates,
+    computed on the scale the refit uses (log for positive rates; percentiles commute with it).
+    Coverage is measured in ``benchmarks/bridges_coverage.py``.
 
     Returns:
-        ``{"estimate", "lower", "upper", "samples"}`` as float64 tensors over ``fit.reference.vector()``.
+        ``{"estimate", "lower", "upper", "samples"}`` as float64 tensors over
+        ``fit.reference.vector()`` (``samples``: converged replicates only), plus ``"num_boot"``,
+        ``"num_failed"`` and ``"failures"`` (replicate index and reason).
+
+    Raises:
+        RuntimeError: when fewer than two replicates converged (no interval can be formed).
     """
-    if iterations < 2:
-        raise ValueError(f"iterations must be >= 2 (one refit at least), got {iterations}")
+    if iterations < 3:
+        # the first refit moves from the estimate by the replicate's sampling deviation; only a
+        # second one can show convergence
+        raise ValueError(f"iterations must be >= 3 (two refits at least), got {iterations}")
     if num_boot < 2:
         raise ValueError(f"num_boot must be >= 2, got {num_boot}")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    samples = []
-    for _ in range(num_boot):
+    samples, failures = [], []
+    for b in range(num_boot):
         xs = [x[torch.randint(x.shape[0], (x.shape[0],), generator=generator)] for x in snapshots.xs]
         boot = Snapshots(snapshots.times, xs)
-        res = fit_bridge(boot, fit.reference, iterations=iterations, warmup=False, generator=generator,
-                         max_step=fit.max_step, **kwargs)
+        try:
+            res = fit_bridge(boot, fit.reference, iterations=iterations, warmup=False, generator=generator,
+                             max_step=fit.max_step, tol=tol, **kwargs)
+        except (FloatingPointError, torch.linalg.LinAlgError, RuntimeError) as err:
+            failures.append({"replicate": b, "reason": f"{type(err).__name__}: {err}"})
+            continue
+        if not res.converged:
+            bad = [h for h in res.history if not h.get("refit_ok", True)]
+            failures.append({"replicate": b, "reason": "refit failed" if bad else
+                             f"not converged in {iterations} passes (tol {tol})"})
+            continue
         samples.append(res.reference.vector())
+    if failures:
+        log.warning("bootstrap: %d of %d replicates failed or did not converge and are left out",
+                    len(failures), num_boot)
+    if len(samples) < 2:
+        raise RuntimeError(f"bootstrap: only {len(samples)} of {num_boot} replicates converged: "
+                           f"{failures[:3]}")
     S = torch.stack(samples)
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     lo, hi = torch.quantile(S, q, dim=0)
-    return {"estimate": fit.reference.vector(), "lower": lo, "upper": hi, "samples": S}
+    return {"estimate": fit.reference.vector(), "lower": lo, "upper": hi, "samples": S,
+            "num_boot": num_boot, "num_failed": len(failures), "failures": failures}

@@ -101,6 +101,9 @@ class Reference:
 
     name = "reference"
     exact = False  # whether transitions and bridges are exact (linear families)
+    names: tuple = ()  # parameter names in vector() order (empty: unnamed, all free, unconstrained)
+    positive: tuple = ()  # names constrained to be > 0: refits work on their logarithm
+    fixed: frozenset = frozenset()  # names held at their value by every refit
 
     def __init__(self, sigma: float):
         sigma = float(sigma)
@@ -128,6 +131,50 @@ class Reference:
 
     def check_dim(self, d: int) -> None:
         """Raise if the reference cannot act on ``d``-dimensional states."""
+
+    def linear_in_free_params(self) -> bool:
+        """Whether the drift is linear in the fitted parameters (then :meth:`refit` is least squares
+        through :meth:`features`); otherwise refits maximise the likelihood by autograd."""
+        return True
+
+    # --- parameters in their domain: unconstrained coordinates for the optimisers -------------
+    def free_vector(self) -> torch.Tensor:
+        """The fitted parameters in unconstrained coordinates: ``log theta_i`` for the positive
+        ones, ``theta_i`` for the others; fixed ones left out. An optimiser moving freely in these
+        coordinates can never leave the parameters' domain (a rate turning negative used to make
+        the ODE diverge inside the line search)."""
+        theta = self.vector().detach()
+        if not self.names:
+            return theta.clone()
+        parts = []
+        for i, nm in enumerate(self.names):
+            if nm in self.fixed:
+                continue
+            parts.append(theta[i].clamp_min(1e-8).log() if nm in self.positive else theta[i])
+        return torch.stack(parts) if parts else theta[:0].clone()
+
+    def set_free_vector(self, u: torch.Tensor) -> None:
+        """Inverse of :meth:`free_vector` (differentiable in ``u``)."""
+        if not self.names:
+            self._set_theta(u)
+            return
+        theta = self.vector().detach()
+        vals, j = [], 0
+        for i, nm in enumerate(self.names):
+            if nm in self.fixed:
+                vals.append(theta[i])
+                continue
+            vals.append(u[j].exp() if nm in self.positive else u[j])
+            j += 1
+        self._set_theta(torch.stack(vals))
+
+    def _set_fixed(self, fixed) -> None:
+        fixed = frozenset(fixed or ())
+        unknown = sorted(fixed - set(self.names))
+        if unknown:
+            raise ValueError(f"fixed: unknown parameter(s) {unknown} for {self.name}; "
+                             f"expected some of {list(self.names)}")
+        self.fixed = fixed
 
     # --- affine-Gaussian steps ---------------------------------------------------------------
     def _ode_step(self, x, h):
@@ -331,6 +378,8 @@ class Reference:
         if previous is not None:
             corr = (previous.jacobian(x) @ previous.drift(x)[..., None])[..., 0]
             dx = dx - 0.5 * hw[:, None] ** 2 * corr
+        if not self.linear_in_free_params():
+            return self._refit_autograd(x, dx, hw)
         F = self.features(x)  # (N, d, p)
         lhs = torch.einsum("n,ndp,ndq->pq", hw, F, F)
         rhs = torch.einsum("ndp,nd->p", F, dx)
@@ -338,6 +387,65 @@ class Reference:
         new = copy.deepcopy(self)
         new._set_theta(theta)
         return new
+
+    def euler_nll(self, x: torch.Tensor, dx: torch.Tensor, hw: torch.Tensor) -> torch.Tensor:
+        r"""Negative Euler log-likelihood of increments ``dx`` from ``x`` over steps ``hw`` (no constant):
+        :math:`\sum_n \|\Delta x_n - h_n f_\theta(x_n)\|^2 / (2\sigma^2 h_n)`."""
+        r = dx - hw[:, None] * self.drift(x)
+        return (r.pow(2).sum(-1) / hw).sum() / (2 * self.sigma ** 2)
+
+    def _refit_autograd(self, x, dx, hw, max_iter: int = 100) -> "Reference":
+        """Euler maximum likelihood by L-BFGS in the unconstrained coordinates (any drift that is
+        differentiable in its parameters, e.g. the repressilator's Hill exponent and threshold)."""
+        new = copy.deepcopy(self)
+        u = new.free_vector().requires_grad_(True)
+        scale = float(x.shape[0])
+        opt = torch.optim.LBFGS([u], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-9, tolerance_change=1e-14)
+
+        def closure():
+            opt.zero_grad()
+            new.set_free_vector(u)
+            nll = new.euler_nll(x, dx, hw) / scale
+            nll.backward()
+            return nll
+
+        opt.step(closure)
+        if not torch.isfinite(u.detach()).all():
+            raise FloatingPointError(f"{self.name}: Euler-likelihood refit diverged")
+        new.set_free_vector(u.detach())
+        new._set_theta(new.vector().detach())
+        return new
+
+    def standard_errors(self, paths: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """Asymptotic standard errors of the Euler MLE: square roots of the diagonal of the inverse
+        observed information (autograd Hessian of :meth:`euler_nll` in ``theta``), fixed
+        parameters 0. Valid at a maximum of the likelihood of these paths.
+
+        Returns:
+            ``(p,)`` float64 over :meth:`vector`.
+        """
+        _check_paths(paths, ts)
+        h = ts[1:] - ts[:-1]
+        keep = h > 1e-12
+        x = paths[:, :-1][:, keep].reshape(-1, paths.shape[-1])
+        dx = (paths[:, 1:] - paths[:, :-1])[:, keep].reshape(-1, paths.shape[-1])
+        hw = h[keep].repeat(paths.shape[0])
+        work = copy.deepcopy(self)
+        theta0 = work.vector().detach()
+        free = [i for i, nm in enumerate(self.names) if nm not in self.fixed] if self.names \
+            else list(range(theta0.numel()))
+
+        def nll(v):
+            th = theta0.clone()
+            th[free] = v
+            work._set_theta(th)
+            return work.euler_nll(x, dx, hw)
+
+        H = torch.autograd.functional.hessian(nll, theta0[free].clone())
+        se = torch.zeros_like(theta0)
+        se[free] = torch.linalg.inv(H).diagonal().clamp_min(0).sqrt()
+        return se
 
     def refit_pairs(self, pairs, *, max_step: float = 0.05, max_iter: int = 20, **kwargs) -> "Reference":
         """Maximum likelihood of ``theta`` from coupled pairs under the (exact or LNA) transition.
@@ -355,9 +463,8 @@ class Reference:
                 no pairs are drawn).
         """
         new = copy.deepcopy(self)
-        theta = new.vector().clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-10, tolerance_change=1e-12)
+        theta = new.free_vector().requires_grad_(True)  # unconstrained: log of positive rates
+        start = theta.detach().clone()
         total = len(pairs)
         best = [math.inf, theta.detach().clone()]
         # Sufficient statistics of each row's coupled partners (independent of theta):
@@ -375,7 +482,7 @@ class Reference:
 
         def closure():
             opt.zero_grad()
-            new._set_theta(theta)
+            new.set_free_vector(theta)
             nll = 0.0
             for x0, t0, t1, a, s1, M in stats:
                 mean, cov = new.transition(x0, t0, t1, max_step)
@@ -390,13 +497,25 @@ class Reference:
             nll.backward()
             return nll
 
-        try:
-            opt.step(closure)
-        except (FloatingPointError, torch.linalg.LinAlgError, RuntimeError):
-            pass  # a line-search trial left the ODE's basin: keep the best finite iterate
+        errors = []
+        for lr in (1.0, 0.1):  # a failed line search is retried once, from the best point, with short steps
+            opt = torch.optim.LBFGS([theta], lr=lr, max_iter=max_iter, line_search_fn="strong_wolfe",
+                                    tolerance_grad=1e-10, tolerance_change=1e-12)
+            try:
+                opt.step(closure)
+                break
+            except (FloatingPointError, torch.linalg.LinAlgError, RuntimeError) as err:
+                errors.append(f"{type(err).__name__}: {err}")
+                with torch.no_grad():
+                    theta.copy_(best[1])
         if not math.isfinite(best[0]):
             raise FloatingPointError(f"{self.name}: pair-likelihood refit found no finite likelihood")
-        new._set_theta(best[1])
+        new.set_free_vector(best[1])
+        new._set_theta(new.vector().detach())
+        # ok: the optimiser finished without an error; a refit that failed and never moved from its
+        # start must not be read as converged (its parameter change is 0)
+        new.refit_info = {"ok": len(errors) < 2, "moved": not torch.equal(best[1], start),
+                          "nll": best[0], "errors": errors}
         return new
 
     def __repr__(self) -> str:
@@ -534,6 +653,7 @@ class LotkaVolterra(Reference):
 
     name = "lotka-volterra"
     names = ("alpha", "beta", "gamma", "delta")
+    positive = names  # all four rates are positive; refits work on their logarithms
 
     def __init__(self, alpha=1.0, beta=1.0, gamma=1.0, delta=1.0, sigma: float = 0.1):
         super().__init__(sigma)
@@ -571,45 +691,67 @@ class LotkaVolterra(Reference):
 
 
 class Repressilator(Reference):
-    """Three-gene repressilator (Elowitz & Leibler 2000, protein-only form), LNA bridges.
+    r"""Three-gene repressilator (Elowitz & Leibler 2000, protein-only form), LNA bridges.
 
-    .. math:: dx_i = \\Big(a_0 + \\frac{\\beta}{1 + x_{i-1}^{n}} - \\gamma x_i\\Big) dt + \\sigma dW_i,
-       \\quad i = 1,2,3 \\text{ cyclically},
+    .. math:: dx_i = \Big(a_0 + \frac{\beta}{1 + (x_{i-1}/k)^{n}} - \gamma x_i\Big) dt + \sigma dW_i,
+       \quad i = 1,2,3 \text{ cyclically},
 
-    with the Hill coefficient ``n`` fixed (``x_{i-1}`` clipped at 0 so noise cannot make the power
-    undefined); ``theta = (a0, beta, gamma)`` enters linearly.
+    ``theta = (a0, beta, gamma, hill, k)`` (``hill`` is the Hill exponent ``n``, ``k`` the
+    repression threshold), all positive, so refits work on their logarithms; ``x_{i-1}`` is
+    clipped just above 0 so noise cannot make the power undefined. The drift is not linear in
+    ``(hill, k)``: refits maximise the likelihood by autograd (L-BFGS), unless both are held fixed
+    (``fixed=("hill", "k")``), when the Euler refit is the closed-form least squares in
+    ``(a0, beta, gamma)``.
+
+    Args:
+        a0, beta, gamma: basal rate, maximal repressed production, degradation.
+        hill, k: Hill exponent and threshold (initial values, or the values held with ``fixed``).
+        sigma: noise; fixed: names of parameters the refits keep.
     """
 
     name = "repressilator"
-    names = ("a0", "beta", "gamma")
+    names = ("a0", "beta", "gamma", "hill", "k")
+    positive = names
 
-    def __init__(self, a0=0.2, beta=5.0, gamma=1.0, hill: float = 3.0, sigma: float = 0.1):
+    def __init__(self, a0=0.2, beta=5.0, gamma=1.0, hill: float = 3.0, k: float = 1.0,
+                 sigma: float = 0.1, fixed=()):
         super().__init__(sigma)
-        if not hill > 0:
-            raise ValueError(f"hill must be positive, got {hill}")
-        self.hill = float(hill)
-        self.theta = torch.tensor([a0, beta, gamma], dtype=_F64)
+        if not (hill > 0 and k > 0):
+            raise ValueError(f"hill and k must be positive, got hill={hill}, k={k}")
+        self.theta = torch.tensor([a0, beta, gamma, hill, k], dtype=_F64)
+        self._set_fixed(fixed)
 
     def check_dim(self, d):
         if d != 3:
             raise ValueError(f"repressilator needs d=3 (three genes), got d={d}")
 
+    def linear_in_free_params(self):
+        return {"hill", "k"} <= set(self.fixed)
+
     def _repress(self, x):
-        prev = torch.roll(x, 1, dims=-1).clamp_min(0)
-        return 1.0 / (1.0 + prev ** self.hill)
+        hill, k = self.theta[3], self.theta[4]
+        prev = torch.roll(x, 1, dims=-1).clamp_min(1e-12)
+        return 1.0 / (1.0 + torch.exp(hill * torch.log(prev / k)))
 
     def drift(self, x):
-        a0, b, g = self.theta
+        a0, b, g = self.theta[0], self.theta[1], self.theta[2]
         return a0 + b * self._repress(x) - g * x
 
     def features(self, x):
+        # (a0, beta, gamma) with hill and k fixed: the fast least-squares path
         return torch.stack([torch.ones_like(x), self._repress(x), -x], -1)
 
     def _set_theta(self, theta):
+        if theta.numel() == 3:  # the least-squares refit of (a0, beta, gamma)
+            theta = torch.cat([theta, self.theta[3:].detach()])
         self.theta = theta.clone()
 
+    @property
+    def hill(self) -> float:
+        return float(self.theta[3])
+
     def params(self):
-        return {**dict(zip(self.names, self.theta.tolist())), "hill": self.hill}
+        return dict(zip(self.names, self.theta.tolist()))
 
     def vector(self):
         return self.theta.clone()
