@@ -129,3 +129,75 @@ def test_emd_closed_form_matches_transport():
         w = wasserstein_distance(np.arange(length), np.arange(length), p + 1e-300, q) / scale
         got = mmd([p], [q], "emd", 0.5, distance_scaling=scale)
         assert got == pytest.approx(2 - 2 * math.exp(-w * w / 0.5), rel=1e-9)  # scipy sorts and sums in float64
+
+
+def test_molecule_metrics_counts():
+    pytest.importorskip("rdkit")
+    from sciffusion.domains.graph_sde.metrics import molecule_metrics
+
+    # 5 graphs sampled, 4 came back: 3 valid ("CCO" twice, "CCN"), 1 invalid (valence 5 carbon)
+    res = molecule_metrics(["CCO", None, "CCO", "CCN", "C(C)(C)(C)(C)C"][:4] + ["C(C)(C)(C)(C)C"], ["OCC"],
+                           num_sampled=6, fcd=False, nspdk=False)
+    assert res["validity"] == pytest.approx(3 / 6) and res["num_valid"] == 3
+    assert res["uniqueness"] == pytest.approx(2 / 3)  # {CCO, CCN} of 3 valid
+    assert res["novelty"] == pytest.approx(1 / 2)  # CCN is new, CCO is OCC of the training set
+    assert res["validity_corrected"] is None and res["evaluated_on"] == "valid"
+    with pytest.raises(ValueError, match="num_sampled"):
+        molecule_metrics(["CCO", "CCN"], ["CCO"], num_sampled=1)
+
+
+def test_molecule_metrics_from_graphs():
+    import torch
+
+    pytest.importorskip("rdkit")
+    from sciffusion.domains.graph_sde.metrics import molecule_metrics
+
+    x = torch.zeros(2, 3, 4)
+    x[:, :, 0] = 1
+    adj = torch.zeros(2, 3, 3)
+    adj[0, 0, 1] = adj[0, 1, 0] = adj[0, 1, 2] = adj[0, 2, 1] = 1.0  # propane
+    adj[1, 0, 1] = adj[1, 1, 0] = 3.0
+    adj[1, 1, 2] = adj[1, 2, 1] = 2.0  # C#C=C: invalid until corrected to C=C=C
+    res = molecule_metrics((x, adj, torch.ones(2, 3, dtype=torch.bool)), ["CCC"], fcd=False, nspdk=False)
+    assert res["validity"] == 0.5 and res["validity_corrected"] == 1.0 and res["evaluated_on"] == "corrected"
+    assert res["uniqueness"] == 1.0 and res["novelty"] == 0.5
+
+
+def test_nspdk_hand_cases():
+    pytest.importorskip("eden")
+    from sciffusion.domains.graph_sde.metrics import nspdk_mmd
+
+    def atom(label):
+        g = nx.Graph()
+        g.add_node(0, label=label)
+        return g
+
+    # NSPDK feature vectors have unit norm, and single atoms of different elements share no
+    # feature: K(C, C) = 1, K(C, O) = 0. {C} vs {C, O}: 1 + (1 + 0 + 0 + 1)/4 - 2 (1 + 0)/2 = 0.5
+    assert nspdk_mmd([atom("C")], [atom("C")]) == pytest.approx(0.0, abs=1e-12)
+    assert nspdk_mmd([atom("C")], [atom("O")]) == pytest.approx(2.0, rel=1e-12)
+    assert nspdk_mmd([atom("C")], [atom("C"), atom("O")]) == pytest.approx(0.5, rel=1e-12)
+    ethanol = nx.Graph()
+    ethanol.add_nodes_from([(0, {"label": "C"}), (1, {"label": "C"}), (2, {"label": "O"})])
+    ethanol.add_edges_from([(0, 1, {"label": 1}), (1, 2, {"label": 1})])
+    assert nspdk_mmd([ethanol, atom("N")], [ethanol, atom("N")]) == pytest.approx(0.0, abs=1e-12)
+    # two bonds that share a carbon environment: a kernel strictly between 0 and 1
+    cc, oc = nx.Graph(), nx.Graph()
+    cc.add_nodes_from([(0, {"label": "C"}), (1, {"label": "C"})])
+    oc.add_nodes_from([(0, {"label": "O"}), (1, {"label": "C"})])
+    cc.add_edge(0, 1, label=1)
+    oc.add_edge(0, 1, label=1)
+    assert 0 < nspdk_mmd([cc], [oc]) < 2
+
+
+def test_fcd_zero_for_identical_sets():
+    pytest.importorskip("fcd")
+    from sciffusion.domains.graph_sde.metrics import molecule_metrics
+
+    smiles = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "OCCO", "C#N", "CCCC", "CN(C)C"]
+    same = molecule_metrics(smiles, smiles, test_smiles=smiles)
+    # identical activations: the Frechet distance is 0 up to the matrix square root's error
+    assert abs(same["fcd"]) < 1e-3 and same["novelty"] == 0.0
+    assert same["nspdk"] == pytest.approx(0.0, abs=1e-12)
+    other = molecule_metrics(["FC(F)(F)F", "O=C=O", "N#N", "ClC(Cl)Cl"], smiles, test_smiles=smiles)
+    assert other["fcd"] > 1.0 and other["nspdk"] > 0.1
