@@ -465,7 +465,7 @@ def to_dense(
     return DenseGraphs(x=x.float(), adj=adj.float(), mask=mask, max_nodes=max_nodes, feature_names=names)
 
 
-def from_dense(x, adj, mask=None, threshold: float = 0.5, *, remove_isolated: bool = False) -> list:
+def from_dense(x, adj=None, mask=None, threshold: float = 0.5, *, remove_isolated: bool = False) -> list:
     r"""Quantise dense adjacencies back to networkx graphs (GDSS ``quantize`` + ``adjs_to_graphs``).
 
     An edge :math:`\{i, j\}`, :math:`i < j`, both real nodes, is kept when
@@ -491,6 +491,8 @@ def from_dense(x, adj, mask=None, threshold: float = 0.5, *, remove_isolated: bo
     nx = _nx()
     if isinstance(x, DenseGraphs):
         x, adj, mask = x.x, x.adj, x.mask
+    if adj is None:
+        raise ValueError("from_dense needs adj (or a DenseGraphs as its first argument)")
     adj = torch.as_tensor(adj)
     if adj.dim() != 3 or adj.shape[-1] != adj.shape[-2]:
         raise ValueError(f"adj must have shape (B, N, N), got {tuple(adj.shape)}")
