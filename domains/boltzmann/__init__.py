@@ -1,3 +1,26 @@
 """Boltzmann sampling of molecules from energies alone, with a well-tempered collective-variable
 bias, reweighting and free energies (Nam et al. 2025, WT-ASBS). Install with
-``pip install "sciffusion[molecules]"``."""
+``pip install "sciffusion[molecules]"`` (OpenMM, openmmtools, mdtraj and pymbar are imported only
+where they are needed).
+
+* energies: :class:`Energy` (reduced energies E/kT and forces of a batch), analytic potentials
+  (:class:`DoubleWell2D`, :class:`MuellerBrown`, :class:`GaussianMixtureEnergy`,
+  :class:`LennardJones`) and :class:`OpenMMEnergy` / :func:`alanine_dipeptide`;
+* the bias: :class:`WellTemperedBias` (Gaussian hills on a CV grid, well-tempered decay);
+* the sampler: :class:`AdjointSampler` (Adjoint Sampling, Havens et al. 2025; ASBS, Liu et al.
+  2025) trained by adjoint matching on a replay buffer, with exact path weights;
+  :class:`IDEMSampler` (iDEM, Akhound-Sadegh et al. 2024) for cheap analytic energies;
+* the well-tempered loop: :func:`run_wtasbs` (rounds, frozen final stage, weights, checkpoints).
+"""
+
+from .bias import WellTemperedBias, effective_sample_size, log_importance_weights
+from .energies import (DoubleWell2D, Energy, GaussianMixtureEnergy, LennardJones, ManyWell, MuellerBrown,
+                       OpenMMEnergy, TorchEnergy, alanine_dipeptide)
+from .idem import IDEMSampler, dem_score
+from .sampler import AdjointSampler, ChiralityRestraint, ReplayBuffer, SampleResult, energy_and_forces
+from .wtasbs import BiasPotential, WTResult, run_wtasbs, sample_unbiased
+
+__all__ = ["Energy", "TorchEnergy", "DoubleWell2D", "MuellerBrown", "GaussianMixtureEnergy", "ManyWell",
+           "LennardJones", "OpenMMEnergy", "alanine_dipeptide", "WellTemperedBias", "log_importance_weights",
+           "effective_sample_size", "AdjointSampler", "ChiralityRestraint", "ReplayBuffer", "SampleResult",
+           "energy_and_forces", "IDEMSampler", "dem_score", "BiasPotential", "WTResult", "run_wtasbs", "sample_unbiased"]
