@@ -39,6 +39,8 @@ __all__ = [
     "write_split",
     "read_split",
     "degree_features",
+    "erdos_renyi_baseline",
+    "apply_split",
 ]
 
 _EXTRA = 'pip install "sciffusion[graphs]"'
@@ -261,6 +263,48 @@ def sbm_graphs(
             h.add_node(int(v), block=int(data["block"]))
         h.add_edges_from(g.edges())
         out.append(h)
+    return out
+
+
+def erdos_renyi_baseline(reference: Sequence, num_graphs: int | None = None, seed: int = 0) -> list:
+    r"""Erdős–Rényi graphs matched to a reference set: the baseline of the GDSS benchmark.
+
+    Each graph's node count is drawn from the empirical node-count distribution of
+    ``reference``; every pair is an edge with the pooled density of the reference,
+
+    .. math::  p = \frac{\sum_G |E_G|}{\sum_G \binom{n_G}{2}},
+
+    so the expected edge count per graph matches the reference on average.
+
+    Args:
+        reference: networkx graphs (e.g. the training set).
+        num_graphs: How many to draw (default: as many as the reference).
+        seed: Seed of the node-count and edge draws.
+
+    Returns:
+        A list of ``networkx.Graph``; ``p`` is stored in each graph's ``graph["p"]``.
+    """
+    nx = _nx()
+    reference = list(reference)
+    if not reference:
+        raise ValueError("erdos_renyi_baseline got an empty reference set")
+    if num_graphs is None:
+        num_graphs = len(reference)
+    _check_count(num_graphs)
+    sizes = [g.number_of_nodes() for g in reference]
+    pairs = sum(n * (n - 1) // 2 for n in sizes)
+    if pairs == 0:
+        raise ValueError("the reference graphs have no node pairs; density undefined")
+    p = sum(g.number_of_edges() for g in reference) / pairs
+    gen = _generator(seed)
+    out = []
+    for _ in range(num_graphs):
+        n = sizes[_randint(gen, 0, len(sizes) - 1)]
+        u = torch.rand(n, n, generator=gen, dtype=torch.float64)
+        g = nx.Graph(p=p)
+        g.add_nodes_from(range(n))
+        g.add_edges_from(torch.triu(u < p, diagonal=1).nonzero().tolist())
+        out.append(g)
     return out
 
 

@@ -172,3 +172,19 @@ def test_split_and_files(tmp_path):
         split(items, test_fraction=1.0)
     with pytest.raises(ValueError, match="at least 2"):
         split([1])
+
+
+def test_erdos_renyi_baseline_matches_density():
+    from sciffusion.domains.graph_sde.datasets import erdos_renyi_baseline
+
+    ref = community_small(50, seed=0)
+    p = sum(g.number_of_edges() for g in ref) / sum(g.number_of_nodes() * (g.number_of_nodes() - 1) / 2 for g in ref)
+    er = erdos_renyi_baseline(ref, num_graphs=400, seed=0)
+    assert {g.number_of_nodes() for g in er} <= {g.number_of_nodes() for g in ref}
+    assert er[0].graph["p"] == pytest.approx(p, rel=1e-12)
+    pairs = sum(g.number_of_nodes() * (g.number_of_nodes() - 1) / 2 for g in er)
+    dens = sum(g.number_of_edges() for g in er) / pairs
+    # about 400 * 100 pairs: binomial std of the pooled density ~ sqrt(p(1-p)/40000) ~ 0.0025; 5 sigma
+    assert abs(dens - p) < 0.0125
+    with pytest.raises(ValueError, match="empty"):
+        erdos_renyi_baseline([])
