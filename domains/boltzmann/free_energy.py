@@ -349,6 +349,35 @@ def delta_f(cv_values: torch.Tensor, log_weights: torch.Tensor | None, basin_a, 
     return out
 
 
+def delta_f_from_grid(grid_points: Sequence[torch.Tensor], free_energy: torch.Tensor, basin_a,
+                      basin_b, names: Sequence[str], periodic: Sequence[bool] | None = None,
+                      kT: float = 1.0) -> dict:
+    r""":math:`\Delta F(A\to B) = -k_BT\ln\frac{\sum_{g\in B} e^{-F_g}}{\sum_{g\in A} e^{-F_g}}` from a
+    free-energy grid (reduced, CV order ``F[i_0, i_1, ...]``): the metadynamics grid or the
+    bias's own :meth:`~sciffusion.domains.boltzmann.bias.WellTemperedBias.free_energy`.
+
+    Each node stands for an equal cell (a regular grid; periodic grids without a duplicated end
+    node). Returns ``dict(delta_f, p_a, p_b)`` in the unit of ``kT``.
+    """
+    f = torch.as_tensor(free_energy, dtype=torch.float64)
+    if f.ndim != len(grid_points) or tuple(f.shape) != tuple(len(g) for g in grid_points):
+        raise ValueError(f"free_energy of shape {tuple(f.shape)} does not match grid_points of "
+                         f"lengths {[len(g) for g in grid_points]} (CV order expected)")
+    mesh = torch.meshgrid(*[torch.as_tensor(g, dtype=torch.float64) for g in grid_points], indexing="ij")
+    pts = torch.stack([m.reshape(-1) for m in mesh], -1)
+    logp = -f.reshape(-1)
+    a, b = resolve_basins(basin_a, basin_b)
+    ma = a.mask(pts, names, periodic, others=[b])
+    mb = b.mask(pts, names, periodic, others=[a])
+    for basin, m in ((a, ma), (b, mb)):
+        if not m.any() or not torch.isfinite(logp[m]).any():
+            raise ValueError(f"basin {basin.name!r} ({basin.text!r}) holds no grid node with finite F")
+    la, lb = _basin_probs(ma, mb, logp)
+    lse = torch.logsumexp(logp, 0)
+    return {"delta_f": -float(kT) * float(lb - la), "p_a": float(torch.exp(la - lse)),
+            "p_b": float(torch.exp(lb - lse))}
+
+
 # ------------------------------------------------------------------------------------------
 # MBAR
 # ------------------------------------------------------------------------------------------
