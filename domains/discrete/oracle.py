@@ -195,20 +195,93 @@ class MarkovChainOracle:
             raise ValueError(f"process vocab_size {process.vocab_size} != oracle's {self.vocab_size}")
 
     def kl_from_samples(self, x: torch.Tensor):
-        """``(KL(empirical || p), chi-square statistic, dof, Monte Carlo KL floor)`` of samples ``x``.
+        r"""``(KL(empirical || p), chi-square statistic, dof, Monte Carlo KL floor)`` of samples ``x``.
 
-        The floor is the expected plug-in KL of ``n`` exact samples, :math:`\\approx (k-1)/(2n)`
-        with ``k`` the support size (Miller–Madow bias of the plug-in estimator).
+        * KL: the plug-in :math:`\sum_x \hat q(x)\log(\hat q(x)/p(x))` of the empirical distribution.
+        * Floor: the **exact** expected plug-in KL of ``n`` exact samples,
+          :math:`E[\mathrm{KL}(\hat q_n\,\|\,p)] = \sum_x E[\tfrac{c_x}{n}\log\tfrac{c_x}{n}] - \sum_x p(x)\log p(x)`
+          with :math:`c_x \sim \mathrm{Binomial}(n, p(x))`, summed over the binomial pmf cell by cell
+          (cost ``O(K^L n)``). It is right at any ``n``: the familiar :math:`(k-1)/(2n)`
+          (Miller–Madow) holds only when every cell expects many samples and is far too large
+          when cells outnumber samples (0.205 against an exact 0.08 for 4^6 cells at n = 10^4).
+        * Chi-square: Pearson's statistic after pooling sparse cells: cells sorted by ``p`` are merged,
+          smallest first, into groups of expected count :math:`n\sum p \ge 5` (Cochran's rule; the
+          chi-square approximation fails on cells expecting ~2 samples); ``dof`` = groups - 1.
+          Samples on cells of probability 0 make the statistic infinite.
         """
         xs, p = self.enumerate()
-        n = x.shape[0]
+        n = int(x.shape[0])
+        if n < 1:
+            raise ValueError("x: need at least one sample")
         counts = torch.bincount(self.index(x), minlength=xs.shape[0]).double()
         q = counts / n
         nz = q > 0
         kl = float((q[nz] * (q[nz] / p[nz]).log()).sum())
-        chi2 = float(((counts - n * p) ** 2 / (n * p)).sum())
-        k = int((p > 0).sum())
-        return kl, chi2, k - 1, (k - 1) / (2 * n)
+        chi2, dof = _pooled_chi2(counts, p, n)
+        cache = self.__dict__.setdefault("_floor_cache", {})
+        if n not in cache:
+            cache[n] = expected_plugin_kl(p, n)
+        return kl, chi2, dof, cache[n]
+
+
+def expected_plugin_kl(p: torch.Tensor, n: int, chunk: int = 2 ** 18) -> float:
+    r"""Exact :math:`E[\mathrm{KL}(\hat q_n \| p)]` for ``n`` i.i.d. draws from ``p`` (float64).
+
+    Each cell's count is Binomial(n, p_x); :math:`E[c\log c]` is summed over its pmf (log-pmf by
+    ``lgamma``) on the window :math:`np \pm (12\sqrt{np(1-p)} + 8)`, outside which the pmf is
+    below 1e-30 (Chernoff), in blocks of about ``chunk`` terms.
+    """
+    p = p.double()[p > 0]
+    mean = n * p
+    half = (12 * (mean * (1 - p)).clamp_min(0).sqrt() + 8).ceil()
+    lo = (mean - half).floor().clamp_min(0)
+    hi = (mean + half).ceil().clamp_max(n)
+    order = torch.argsort(hi - lo)
+    p, lo, hi = p[order], lo[order], hi[order]
+    lgn = math.lgamma(n + 1.0)
+    e_clogc, i = 0.0, 0
+    while i < p.numel():
+        j = min(p.numel(), i + max(1, chunk // (int(hi[i] - lo[i]) + 1)))
+        while j - i > 1 and (j - i) * (int(hi[j - 1] - lo[j - 1]) + 1) > chunk:  # sorted: widest last
+            j = i + max(1, chunk // (int(hi[j - 1] - lo[j - 1]) + 1))
+        width = int(hi[j - 1] - lo[j - 1]) + 1
+        c = lo[i:j, None] + torch.arange(width, dtype=torch.float64)
+        valid = c <= n
+        c = c.clamp_max(n)
+        pp = p[i:j, None]
+        logpmf = lgn - torch.lgamma(c + 1) - torch.lgamma(n - c + 1) + c * pp.log() \
+            + (n - c) * torch.log1p(-pp.clamp_max(1 - 1e-16))
+        if bool((pp >= 1.0).any()):
+            logpmf = torch.where(pp >= 1.0, torch.where(c == n, 0.0, -math.inf), logpmf)
+        clogc = torch.where(c > 0, c * c.clamp_min(1).log(), torch.zeros_like(c))
+        e_clogc += float((logpmf.exp() * clogc * valid).sum())
+        i = j
+    # E[(c/n) log(c/n)] = E[c log c]/n - E[c] log(n)/n, with sum_x E[c_x] = n
+    return max(0.0, e_clogc / n - math.log(n) - float((p * p.log()).sum()))
+
+
+def _pooled_chi2(counts: torch.Tensor, p: torch.Tensor, n: int, min_expected: float = 5.0):
+    """Pearson chi-square over groups of cells with expected count >= ``min_expected``."""
+    if bool((counts[p <= 0] > 0).any()):
+        return math.inf, max(1, int((p > 0).sum()) - 1)
+    order = torch.argsort(p)
+    exp_sorted, obs_sorted = (n * p[order]).tolist(), counts[order].tolist()
+    groups, e_acc, o_acc = [], 0.0, 0.0
+    for e, o in zip(exp_sorted, obs_sorted):
+        if e <= 0:
+            continue
+        e_acc, o_acc = e_acc + e, o_acc + o
+        if e_acc >= min_expected:
+            groups.append((e_acc, o_acc))
+            e_acc, o_acc = 0.0, 0.0
+    if e_acc > 0:  # a short last group joins the one before it
+        if groups:
+            e0, o0 = groups.pop()
+            groups.append((e0 + e_acc, o0 + o_acc))
+        else:
+            groups.append((e_acc, o_acc))
+    chi2 = sum((o - e) ** 2 / e for e, o in groups)
+    return float(chi2), max(1, len(groups) - 1)
 
 
 def chi2_sf(stat: float, dof: int) -> float:
