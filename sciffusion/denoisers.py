@@ -14,7 +14,9 @@ name           model predicts                                   back to :math:`(
 =============  ===============================================  =====================================================
 
 ``velocity`` is the probability-flow ODE's right-hand side :math:`dx/dt`, i.e. a flow-matching
-model. Solvers only ever call :meth:`Denoiser.x0` / :meth:`eps` / :meth:`score` /
+model. With a constrained process (:mod:`sciffusion.constraints`) the model's raw output is
+projected onto the constraint's subspace before any conversion (all five are linear in the
+state and the output, so every answer then lies on the subspace). Solvers only ever call :meth:`Denoiser.x0` / :meth:`eps` / :meth:`score` /
 :meth:`velocity` and never branch on the parameterization.
 """
 
@@ -89,6 +91,8 @@ class Denoiser:
         t64 = torch.as_tensor(t, dtype=torch.float64)
         out = self.model(x, self._time(x, t))
         self.nfe += 1
+        if getattr(self.process, "constrained", False):
+            out = self._project(out, x)
         a, s, da, ds = self._coeffs(t64, self._needs_derivatives())
         pairs = tree_map(_to_x0_eps, self._param_tree(x), x, out, a, s, da, ds)
         return tree_unzip(pairs, x)
@@ -98,7 +102,12 @@ class Denoiser:
         out = self.model(x, self._time(x, t))
         self.nfe += 1
         _check_shape(out, x)
-        return out
+        return self.process.project(out) if getattr(self.process, "constrained", False) else out
+
+    def _project(self, out, x):
+        """The model output on the constraint's subspace (shapes checked first, for a clear error)."""
+        tree_map(lambda xi, oi: _check_shape(oi, xi), x, out)
+        return self.process.project(out)
 
     def x0(self, x: Any, t: Any) -> Any:
         """Posterior mean of the data :math:`\\mathbb E[x_0\\mid x_t]`."""

@@ -22,10 +22,12 @@ Times are drawn uniformly on ``[t_min, t_max]`` (default: the process's own ends
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .denoisers import Denoiser
-from .utils import bcast, choice_error
+from .utils import batch_size, bcast, choice_error, tree_leaves, tree_map
 
 WEIGHTINGS = ("eps", "x0", "v", "score", "likelihood", "min_snr", "edm")
 
@@ -53,35 +55,67 @@ def eps_weight(process, t: torch.Tensor, weighting: str, gamma: float = 5.0) -> 
     raise choice_error("weighting", weighting, WEIGHTINGS)
 
 
-def dsm_loss(model, x0: torch.Tensor, process, *, parameterization: str = "eps",
+def dsm_loss(model, x0: Any, process, *, parameterization: Any = "eps",
              weighting: str = "eps", generator: torch.Generator | None = None,
              t_min: float | None = None, t_max: float | None = None, gamma: float = 5.0,
-             normalize: bool = True) -> torch.Tensor:
-    """Denoising score-matching loss for a batch of data ``x0`` (tensor state).
+             normalize: bool = True, per_component: bool = False) -> Any:
+    """Denoising score-matching loss for a batch of data ``x0`` (tensor or tuple/dict state).
+
+    .. math:: \mathcal L = \frac{1}{B}\sum_b \frac{w(t_b)}{\bar w}\,\|\hat\varepsilon(x_{t_b}, t_b) - \varepsilon_b\|^2,
+              \qquad x_{t_b} = \alpha_{t_b}x_{0,b} + \sigma_{t_b}\varepsilon_b
+
+    (:math:`\bar w` the mean weight over the drawn times when ``normalize``). A tuple/dict state
+    with a :class:`~sciffusion.processes.JointProcess` (GDSS's node features and adjacency) shares
+    one time per sample across components; each component gets its own process's weight and
+    its own normalisation, and the loss is the sum over components (each component's network
+    receives the gradient of its own term). With a constrained process
+    (:mod:`sciffusion.constraints`) ``perturb`` draws the constraint's noise, the denoiser
+    projects the model output, and the squared error runs over the constrained entries only
+    (masked entries are zero in both).
 
     Args:
         model: ``(x_t, t) -> output`` in ``parameterization``.
-        x0: ``(B, ...)`` clean data.
-        process: the forward process.
+        x0: ``(B, ...)`` clean data, or a tuple/dict of such tensors.
+        process: the forward process (a JointProcess for a tuple/dict state).
         weighting: a name in :data:`WEIGHTINGS`.
         normalize: divide by the mean weight over the drawn times (keeps the loss scale ~1 for
             weightings that span orders of magnitude; the gradient direction is unchanged in
             expectation up to that constant).
+        per_component: for a tuple/dict state, return the per-component losses (a tree of
+            scalars shaped like the state) instead of their sum.
 
     Returns:
-        Scalar loss.
+        Scalar loss (or, with ``per_component``, one scalar per component).
     """
     if weighting not in WEIGHTINGS:
         raise choice_error("weighting", weighting, WEIGHTINGS)
     lo = float(process.t_min if t_min is None else t_min)
     hi = float(process.t_max if t_max is None else t_max)
-    B = x0.shape[0]
+    if isinstance(x0, torch.Tensor):
+        B = x0.shape[0]
+        t = lo + (hi - lo) * torch.rand(B, generator=generator, dtype=torch.float64)
+        xt, eps = process.perturb(x0, t, generator)
+        eps_hat = Denoiser(model, process, parameterization).eps(xt, t)  # per-sample times
+        w = eps_weight(process, t, weighting, gamma)
+        err = (eps_hat - eps).pow(2).flatten(1).sum(1)
+        loss = bcast(w, err) * err
+        if normalize:
+            loss = loss / w.mean().to(loss.dtype)
+        return loss.mean()
+    if not hasattr(process, "processes"):
+        raise TypeError(f"dsm_loss: a {type(x0).__name__} state needs a JointProcess, got {process!r}")
+    B = batch_size(x0)
     t = lo + (hi - lo) * torch.rand(B, generator=generator, dtype=torch.float64)
     xt, eps = process.perturb(x0, t, generator)
-    eps_hat = Denoiser(model, process, parameterization).eps(xt, t)  # per-sample times
-    w = eps_weight(process, t, weighting, gamma)
-    err = (eps_hat - eps).pow(2).flatten(1).sum(1)
-    loss = bcast(w, err) * err
-    if normalize:
-        loss = loss / w.mean().to(loss.dtype)
-    return loss.mean()
+    eps_hat = Denoiser(model, process, parameterization).eps(xt, t)
+
+    def term(p, e_hat, e):
+        w = eps_weight(p, t, weighting, gamma)
+        err = (e_hat - e).pow(2).flatten(1).sum(1)
+        loss = bcast(w, err) * err
+        if normalize:
+            loss = loss / w.mean().to(loss.dtype)
+        return loss.mean()
+
+    losses = tree_map(term, process.processes, eps_hat, eps)
+    return losses if per_component else sum(tree_leaves(losses))

@@ -12,16 +12,23 @@ inverse :math:`t(\\lambda)`; everything else is derived once here, in float64:
 Time runs from data (t=0) to noise (t=T). ``t_min``/``t_max`` are the default ends of sampling
 grids (finite lambda at both ends). :class:`JointProcess` pairs processes with the components of
 a tuple state (graph_sde: node features and adjacency, each with its own SDE).
+
+A process may carry a state constraint (:mod:`sciffusion.constraints`: symmetric adjacency,
+node masks, zero centre of mass), attached with :meth:`Process.constrain`; its noise, prior and
+projection then live on the constrained subspace. Processes compare by value (type, parameters
+and constraint), so two ``VP(beta_max=20.0)`` are equal and hash alike.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .constraints import Constraint
 from .utils import as_time, bcast, tree_map, tree_unzip
 
 
@@ -32,6 +39,7 @@ class Process:
     t_min: float = 1e-3
     t_max: float = 1.0
     name: str = "process"
+    constraint: Constraint | None = None
 
     # --- what a subclass provides (float64 tensors in, float64 tensors out) ---
     def _log_alpha(self, t: torch.Tensor) -> torch.Tensor:
@@ -112,17 +120,48 @@ class Process:
 
     def perturb(self, x0: torch.Tensor, t: Any, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw :math:`x_t = \\alpha_t x_0 + \\sigma_t\\varepsilon`; returns ``(x_t, eps)``."""
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        """Draw :math:`x_t = \\alpha_t x_0 + \\sigma_t\\varepsilon`; returns ``(x_t, eps)``.
+
+        With a constraint, ``x0`` is projected and ``eps`` drawn from the constraint's noise law.
+        """
+        if self.constraint is not None:
+            x0 = self.constraint.project(x0)
+            eps = self.constraint.noise(x0, generator)
+        else:
+            eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         mean, std = self.marginal(x0, t)
         return mean + std * eps, eps
 
     def noise_like(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal noise shaped like ``x``: the :math:`dW` every sampler draws through.
 
-        A subclass may override it (a symmetric adjacency needs symmetric noise).
+        With a constraint, its noise law on the constrained subspace (:mod:`sciffusion.constraints`).
         """
+        if self.constraint is not None:
+            return self.constraint.noise(x, generator)
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` projected onto the constraint's subspace (``x`` itself when unconstrained)."""
+        return x if self.constraint is None else self.constraint.project(x)
+
+    @property
+    def constrained(self) -> bool:
+        """Whether a state constraint is attached."""
+        return self.constraint is not None
+
+    def constrain(self, constraint: Constraint | None) -> "Process":
+        """A copy of this process with ``constraint`` attached (``None`` removes it).
+
+        The copy is shallow and cheap, so a constraint holding per-batch tensors (node masks) can be
+        attached anew for every batch; ``self`` is unchanged.
+        """
+        if constraint is not None and not isinstance(constraint, Constraint):
+            raise TypeError(f"constraint must be a sciffusion.constraints.Constraint or None, got "
+                            f"{type(constraint).__name__}")
+        out = copy.copy(self)
+        out.constraint = constraint
+        return out
 
     def prior_std(self) -> float:
         """Std of the prior at ``t_max``: :math:`\\sqrt{\\alpha_T^2 + \\sigma_T^2}` (unit-variance data)."""
@@ -131,18 +170,47 @@ class Process:
 
     def prior_sample(self, shape: Sequence[int], generator: torch.Generator | None = None,
                      dtype: torch.dtype = torch.float32, device: Any = None) -> torch.Tensor:
-        """Samples of the prior :math:`N(0, s^2 I)`, ``s`` = :meth:`prior_std`."""
+        """Samples of the prior :math:`N(0, s^2 I)`, ``s`` = :meth:`prior_std` (:math:`N(0, s^2 C)` on the
+        subspace with a constraint)."""
+        if self.constraint is not None:
+            like = torch.empty(tuple(shape), dtype=dtype, device=device)
+            return self.prior_std() * self.constraint.noise(like, generator)
         return self.prior_std() * torch.randn(tuple(shape), generator=generator, dtype=dtype,
                                               device=device)
 
     def prior_logp(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-density of the prior per sample, shape ``(B,)``, summed over non-batch dims."""
+        """Log-density of the prior per sample, shape ``(B,)``, summed over non-batch dims.
+
+        With a constraint: the density of :math:`N(0, s^2 C)` on the subspace (Lebesgue measure in
+        the coordinates where :math:`C` is the identity), :math:`-\\tfrac12 x^\\top C^+ x/s^2 -
+        k(\\log s + \\tfrac12\\log 2\\pi)` with ``k = constraint.dof(x)`` degrees of freedom.
+        """
         s = self.prior_std()
+        if self.constraint is not None:
+            c = self.constraint
+            k = c.dof(x).to(device=x.device, dtype=x.dtype)
+            return -0.5 * c.inner(x, x) / (s * s) - k * (math.log(s) + 0.5 * math.log(2 * math.pi))
         d = x[0].numel()
         return -0.5 * (x / s).pow(2).flatten(1).sum(1) - d * (math.log(s) + 0.5 * math.log(2 * math.pi))
 
-    def __repr__(self) -> str:
+    # --- comparison by value ---
+    def _params(self) -> tuple:
+        """The parameters that define the process: public attributes, sorted, and the constraint."""
+        items = tuple(sorted((k, v) for k, v in vars(self).items() if not k.startswith("_") and k != "constraint"))
+        return (type(self), items, self.constraint)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Process) and self._params() == other._params()
+
+    def __hash__(self) -> int:
+        return hash(self._params())
+
+    def _describe(self) -> str:
         return f"{type(self).__name__}()"
+
+    def __repr__(self) -> str:
+        c = "" if self.constraint is None else f".constrain({self.constraint!r})"
+        return self._describe() + c
 
 
 class VP(Process):
@@ -186,7 +254,7 @@ class VP(Process):
         # alpha^2 = sigmoid(2 lambda)  =>  log alpha = -softplus(-2 lambda)/2
         return self._t_of_log_alpha(-0.5 * F.softplus(-2 * lam))
 
-    def __repr__(self):
+    def _describe(self):
         return f"VP(beta_min={self.beta_min}, beta_max={self.beta_max})"
 
 
@@ -207,7 +275,7 @@ class SubVP(VP):
         log_a = math.log(2.0) + lam - torch.log1p(torch.sqrt(1 + 4 * torch.exp(2 * lam)))
         return self._t_of_log_alpha(log_a)
 
-    def __repr__(self):
+    def _describe(self):
         return f"SubVP(beta_min={self.beta_min}, beta_max={self.beta_max})"
 
 
@@ -238,7 +306,7 @@ class VE(Process):
     def _t_of_lambda(self, lam):
         return (-lam - math.log(self.sigma_min)) / self._log_ratio
 
-    def __repr__(self):
+    def _describe(self):
         return f"VE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
 
 
@@ -269,7 +337,7 @@ class EDM(Process):
     def _t_of_lambda(self, lam):
         return torch.exp(-lam)
 
-    def __repr__(self):
+    def _describe(self):
         return f"EDM(sigma_min={self.t_min}, sigma_max={self.t_max})"
 
 
@@ -319,35 +387,90 @@ def get_process(name: str, **kwargs) -> Process:
 class JointProcess:
     """One process per component of a tuple (or dict) state; shares a common time.
 
-    Every method of :class:`Process` is answered component-wise: coefficients come back as a
-    tuple (dict) with one float64 tensor per component, so solvers apply them with
-    :func:`~sciffusion.utils.tree_map`. All components must agree on ``t_min``, ``t_max``.
+    Every question of :class:`Process` is answered component-wise by an explicit method:
+    coefficients come back as a tuple (dict) with one float64 tensor per component, so solvers
+    apply them with :func:`~sciffusion.utils.tree_map`. All components must agree on ``t_min``,
+    ``t_max``. A component may carry a state constraint (:meth:`constrain`).
     """
 
     def __init__(self, processes):
+        if isinstance(processes, list):
+            processes = tuple(processes)
         self.processes = processes
         leaves = list(processes.values()) if isinstance(processes, dict) else list(processes)
-        if not leaves or not all(isinstance(p, Process) for p in leaves):
+        if not isinstance(processes, (tuple, dict)) or not leaves or not all(isinstance(p, Process) for p in leaves):
             raise TypeError("JointProcess needs a non-empty tuple or dict of Process objects")
         self.t_min = max(p.t_min for p in leaves)
         self.t_max = min(p.t_max for p in leaves)
         self.T = min(p.T for p in leaves)
         self.name = "joint(" + ",".join(p.name for p in leaves) + ")"
 
-    def _each(self, method, *args):
-        if isinstance(self.processes, dict):
-            return {k: getattr(p, method)(*args) for k, p in self.processes.items()}
-        return tuple(getattr(p, method)(*args) for p in self.processes)
+    def _each(self, method: str, *args):
+        """``method(*args)`` of every component (time-only questions)."""
+        return tree_map(lambda p: getattr(p, method)(*args), self.processes)
 
-    def _each_x(self, method, x, *args):
+    def _each_x(self, method: str, x, *args):
+        """``method(x_k, *args)`` of every component on its part of the state."""
         return tree_map(lambda p, xi: getattr(p, method)(xi, *args), self.processes, x)
 
-    def __getattr__(self, method):
-        if method.startswith("_") or method in {"processes"}:
-            raise AttributeError(method)
-        if method in {"drift", "marginal", "prior_logp", "noise_like"}:
-            return lambda x, *a: self._each_x(method, x, *a)
-        return lambda *a: self._each(method, *a)
+    # --- coefficients, one per component ---
+    def log_alpha(self, t):
+        return self._each("log_alpha", t)
+
+    def log_sigma(self, t):
+        return self._each("log_sigma", t)
+
+    def alpha(self, t):
+        return self._each("alpha", t)
+
+    def sigma(self, t):
+        return self._each("sigma", t)
+
+    def d_alpha(self, t):
+        return self._each("d_alpha", t)
+
+    def d_sigma(self, t):
+        return self._each("d_sigma", t)
+
+    def lam(self, t):
+        return self._each("lam", t)
+
+    def d_lam(self, t):
+        return self._each("d_lam", t)
+
+    def t_of_lam(self, lam):
+        """Each component's inverse of its own lambda at ``lam``."""
+        return self._each("t_of_lam", lam)
+
+    def f(self, t):
+        return self._each("f", t)
+
+    def g2(self, t):
+        return self._each("g2", t)
+
+    def diffusion(self, t):
+        return self._each("diffusion", t)
+
+    def prior_std(self):
+        return self._each("prior_std")
+
+    # --- state questions, component by component ---
+    def drift(self, x, t):
+        return self._each_x("drift", x, t)
+
+    def marginal(self, x0, t):
+        """Per component ``(mean, std)`` pairs (a tree of pairs shaped like the state)."""
+        return self._each_x("marginal", x0, t)
+
+    def noise_like(self, x, generator=None):
+        return self._each_x("noise_like", x, generator)
+
+    def project(self, x):
+        return self._each_x("project", x)
+
+    def prior_logp(self, x):
+        """Per-component prior log-densities (a tree of ``(B,)`` tensors; sum them for the joint)."""
+        return self._each_x("prior_logp", x)
 
     def perturb(self, x0, t, generator=None):
         pairs = tree_map(lambda p, xi: p.perturb(xi, t, generator), self.processes, x0)
@@ -356,6 +479,45 @@ class JointProcess:
     def prior_sample(self, shapes, generator=None, dtype=torch.float32, device=None):
         return tree_map(lambda p, s: p.prior_sample(s, generator, dtype, device),
                         self.processes, shapes if not isinstance(shapes, list) else tuple(shapes))
+
+    # --- constraints ---
+    @property
+    def constrained(self) -> bool:
+        """Whether any component carries a state constraint."""
+        leaves = self.processes.values() if isinstance(self.processes, dict) else self.processes
+        return any(p.constraint is not None for p in leaves)
+
+    @property
+    def constraint(self):
+        """The components' constraints (a tree shaped like the state; ``None`` where unconstrained)."""
+        return tree_map(lambda p: p.constraint, self.processes)
+
+    def constrain(self, constraints) -> "JointProcess":
+        """A copy with one constraint (or ``None``) per component, shaped like the state."""
+        if isinstance(constraints, list):
+            constraints = tuple(constraints)
+        leaves = self.processes.values() if isinstance(self.processes, dict) else self.processes
+        parts = constraints.values() if isinstance(constraints, dict) else constraints
+        if type(constraints) is not type(self.processes) or len(parts) != len(leaves) or (
+                isinstance(constraints, dict) and set(constraints) != set(self.processes)):
+            raise TypeError(f"constrain: need one constraint (or None) per component, shaped like "
+                            f"{'a dict with keys ' + str(sorted(self.processes)) if isinstance(self.processes, dict) else f'a tuple of {len(leaves)}'}")
+        if isinstance(self.processes, dict):
+            return JointProcess({k: p.constrain(constraints[k]) for k, p in self.processes.items()})
+        return JointProcess(tuple(p.constrain(c) for p, c in zip(self.processes, constraints)))
+
+    # --- comparison by value ---
+    def _key(self):
+        if isinstance(self.processes, dict):
+            return tuple(sorted(self.processes.items()))
+        return self.processes
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JointProcess) and type(self.processes) is type(other.processes) and (
+            self._key() == other._key())
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def __repr__(self):
         return f"JointProcess({self.processes!r})"

@@ -7,6 +7,10 @@
 * :func:`gaussian_flow_map` — the exact probability-flow map of Gaussian data between two times.
 * :func:`gaussian_w2` — closed-form 2-Wasserstein distance between Gaussians.
 * :func:`w1_exact` (assignment, equal sample sizes) and :func:`sliced_w1` for samples.
+* :class:`SubspaceGaussian` — Gaussian data on a constrained subspace (symmetric adjacency,
+  masked nodes, zero centre of mass: :func:`symmetric_basis`, :func:`mask_basis`,
+  :func:`com_basis`), with the exact eps under the constraint's noise law and the closed-form
+  noised covariance.
 
 Everything is computed in float64.
 """
@@ -261,5 +265,108 @@ def anisotropic_gaussian(d: int = 8, lo: float = 0.03, hi: float = 3.0, seed: in
     return mean, (Q * var) @ Q.T
 
 
+class SubspaceGaussian:
+    r"""Gaussian data on a subspace, in the coordinates of the constraint's noise law.
+
+    With a basis :math:`B` (``(D, k)``, full column rank) such that the constraint's noise is
+    :math:`B z`, :math:`z\sim N(0, I_k)` (:func:`symmetric_basis`, :func:`mask_basis`,
+    :func:`com_basis`), data :math:`x_0 = B u`, :math:`u\sim N(m, S)` give
+    :math:`x_t = B(\alpha_t u + \sigma_t z)`: the coordinates :math:`u_t = B^+ x_t` diffuse as a
+    standard k-dimensional Gaussian, so :math:`\mathbb E[\varepsilon\mid x_t] = B\,\mathbb E[z\mid u_t]`
+    is closed form (:class:`GaussianMixture`) and the noised law is
+    :math:`N(\alpha_t B m,\ B(\alpha_t^2 S + \sigma_t^2 I)B^\top)`.
+
+    Args:
+        basis: ``(D, k)`` with ``D = prod(shape)``.
+        mean: ``(k,)``; cov: ``(k, k)``.
+        shape: the per-sample state shape, e.g. ``(N, N)``.
+    """
+
+    def __init__(self, basis, mean, cov, shape):
+        self.basis = _as64(basis)
+        self.shape = tuple(shape)
+        D, k = self.basis.shape
+        if D != math.prod(self.shape):
+            raise ValueError(f"basis has {D} rows, the state shape {self.shape} has {math.prod(self.shape)} entries")
+        self.coords_gauss = GaussianMixture.gaussian(mean, cov)
+        if self.coords_gauss.dim != k:
+            raise ValueError(f"mean/cov have dimension {self.coords_gauss.dim}, the basis {k} columns")
+        self.pinv = torch.linalg.pinv(self.basis)
+        self.dim = k
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` exact data samples, float64 ``(n, *shape)``."""
+        return self.embed(self.coords_gauss.sample(n, generator))
+
+    def embed(self, u) -> torch.Tensor:
+        return (_as64(u) @ self.basis.T).reshape((-1,) + self.shape)
+
+    def coords(self, x) -> torch.Tensor:
+        """:math:`B^+ x`, ``(n, k)``."""
+        return _as64(x).reshape(len(x), -1) @ self.pinv.T
+
+    def marginal_coords(self, process, t) -> GaussianMixture:
+        """The law of the coordinates :math:`u_t` (a Gaussian)."""
+        return self.coords_gauss.marginal(process, t)
+
+    def marginal_cov(self, process, t) -> torch.Tensor:
+        """Covariance of :math:`x_t` in the ambient space, ``(D, D)``."""
+        S = self.marginal_coords(process, t).covs[0]
+        return self.basis @ S @ self.basis.T
+
+    def eps(self, x, process, t) -> torch.Tensor:
+        """:math:`\mathbb E[\varepsilon\mid x_t] = B\,\mathbb E[z\mid B^+x_t]` (one time ``t``)."""
+        return self.embed(self.coords_gauss.eps(self.coords(x), process, t))
+
+    def model(self, process):
+        """The exact eps model ``(x, t) -> eps`` (rows with different times answered time by time)."""
+
+        def f(x, t):
+            t = as_time(t).reshape(-1)
+            if t.numel() > 1 and not bool((t == t[0]).all()):
+                out = torch.empty_like(x)
+                for tu in torch.unique(t):
+                    rows = t == tu
+                    out[rows] = f(x[rows], tu)
+                return out
+            return self.eps(x, process, t[0]).to(x.dtype)
+
+        return f
+
+
+def symmetric_basis(N: int, nodes=None) -> torch.Tensor:
+    """``(N*N, k)`` basis of symmetric zero-diagonal matrices on the real ``nodes`` (default all):
+    one column :math:`E_{ij} + E_{ji}` per pair :math:`i<j` (the mirrored-upper-triangle noise law)."""
+    nodes = list(range(N)) if nodes is None else list(nodes)
+    cols = []
+    for a in range(len(nodes)):
+        for b in range(a + 1, len(nodes)):
+            e = torch.zeros(N, N, dtype=torch.float64)
+            e[nodes[a], nodes[b]] = e[nodes[b], nodes[a]] = 1.0
+            cols.append(e.reshape(-1))
+    return torch.stack(cols, 1)
+
+
+def mask_basis(N: int, F: int, nodes) -> torch.Tensor:
+    """``(N*F, k)`` selection basis of node features ``(N, F)`` on the real ``nodes``."""
+    eye = torch.eye(N * F, dtype=torch.float64).reshape(N, F, N * F)
+    return eye[list(nodes)].reshape(-1, N * F).T
+
+
+def com_basis(n: int, d: int, nodes=None) -> torch.Tensor:
+    """``(n*d, (m-1)d)`` orthonormal basis of positions ``(n, d)`` with zero centre of mass over the
+    ``m`` real ``nodes`` (default all) and zeros elsewhere."""
+    nodes = list(range(n)) if nodes is None else list(nodes)
+    m = len(nodes)
+    c = torch.eye(m, dtype=torch.float64) - 1.0 / m  # centring on the real nodes
+    q, _ = torch.linalg.qr(c)
+    q = q[:, : m - 1]  # an orthonormal basis of the centred vectors (rank m - 1)
+    full = torch.zeros(n, m - 1, dtype=torch.float64)
+    full[nodes] = q
+    # positions (n, d) flattened row-major: coordinate (i, a) -> i * d + a
+    return torch.einsum("ik,ab->iakb", full, torch.eye(d, dtype=torch.float64)).reshape(n * d, (m - 1) * d)
+
+
 __all__ = ["GaussianMixture", "gaussian_flow_map", "gaussian_w2", "empirical_w2_gaussian",
-           "w1_exact", "w1_1d", "sliced_w1", "standard_mixture_2d", "anisotropic_gaussian"]
+           "w1_exact", "w1_1d", "sliced_w1", "standard_mixture_2d", "anisotropic_gaussian",
+           "SubspaceGaussian", "symmetric_basis", "mask_basis", "com_basis"]

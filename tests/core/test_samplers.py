@@ -30,7 +30,7 @@ from sciffusion.testing import (GaussianMixture, anisotropic_gaussian, empirical
 DETERMINISTIC = [k for k, v in SAMPLERS.items() if not v.stochastic and not v.adaptive]
 STOCHASTIC = [k for k, v in SAMPLERS.items() if v.stochastic]
 FIXED_GRID = [k for k, v in SAMPLERS.items() if not v.adaptive]
-TUPLE = [k for k, v in SAMPLERS.items() if v.tuple_states]
+TUPLE = list(SAMPLERS)  # every sampler takes tuple/dict states with a JointProcess
 
 MEAN, COV = anisotropic_gaussian(d=4)
 GAUSS = GaussianMixture.gaussian(MEAN, COV)
@@ -248,7 +248,7 @@ def test_euler_maruyama_weak_order_one():
 
 
 @pytest.mark.parametrize("name,options", [("ddim", {"eta": 1.0}), ("dpmpp_2m_sde", {}), ("pc", {}),
-                                          ("euler_maruyama", {})])
+                                          ("euler_maruyama", {}), ("s4", {})])
 def test_stochastic_samplers_converge_in_w2(name, options):
     """W2 to the exact marginal falls with the steps, down to near the Monte Carlo floor.
 
@@ -426,23 +426,12 @@ def test_graph_like_tuple_state_keeps_adjacency_symmetric(name):
 @pytest.mark.parametrize("name", TUPLE)
 def test_sample_front_door_tuple_shapes(name):
     """sample() draws a tuple state from the JointProcess prior (one shape per component) and
-    integrates it with every sampler that declares tuple_states (default grid: time_uniform),
+    integrates it with every sampler (default grid: time_uniform),
     returning the structure, shapes and dtype of the state, finite."""
     den = _tuple_denoiser()
     out = sample(den, ((5, 2), (5, 3)), sampler=name, num_steps=3, generator=_gen(0), dtype=torch.float64)
     assert isinstance(out, tuple) and out[0].shape == (5, 2) and out[1].shape == (5, 3)
     assert all(o.dtype == torch.float64 and torch.isfinite(o).all() for o in out)
-
-
-def test_sample_refuses_tuples_for_tensor_only_samplers(monkeypatch):
-    """A sampler registered without tuple_states is refused a tuple state by sample(), with the
-    names of those that take one (every built-in sampler takes tuples, so a stand-in is used)."""
-    def fn(denoiser, x, ts, **kw):
-        raise AssertionError("sample() must refuse before calling the sampler")
-
-    monkeypatch.setitem(SAMPLERS, "tensor_only", S.SamplerInfo(fn, 1, 1, False))
-    with pytest.raises(TypeError, match=r"tensor states only.*dpmpp_2m"):
-        sample(_tuple_denoiser(), ((5, 2), (5, 3)), sampler="tensor_only", num_steps=3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -641,6 +630,54 @@ def test_pc_without_corrector_is_euler_maruyama():
     tden = _tuple_denoiser()
     out = S.sample_pc(tden, _tuple_start(ts, 4), ts, snr=(0.1, 0.2), generator=_gen(1))
     assert all(torch.isfinite(o).all() for o in out)
+
+
+def test_pc_scale_eps():
+    """scale_eps = 1 is the default path bit for bit; another value changes only the Langevin
+    noise (with n_corrector = 0 there is none, so the result is EM's); bad values are refused."""
+    p = VP()
+    den = GAUSS.denoiser(p, "eps")
+    ts = quadratic(p, 5)
+    x = GAUSS.marginal(p, ts[0]).sample(8, _gen(0))
+    ref = S.sample_pc(den, x, ts, generator=_gen(1))
+    assert torch.equal(S.sample_pc(den, x, ts, scale_eps=1.0, generator=_gen(1)), ref)
+    assert not torch.equal(S.sample_pc(den, x, ts, scale_eps=0.7, generator=_gen(1)), ref)
+    assert torch.equal(S.sample_pc(den, x, ts, n_corrector=0, scale_eps=0.7, generator=_gen(1)),
+                       S.sample_euler_maruyama(den, x, ts, generator=_gen(1)))
+    for bad in (0.0, -1.0, float("nan"), "1"):
+        with pytest.raises(ValueError, match="scale_eps"):
+            S.sample_pc(den, x, ts, scale_eps=bad)
+        with pytest.raises(ValueError, match="scale_eps"):
+            S.sample_s4(den, x, ts, scale_eps=bad)
+    with pytest.raises(ValueError, match="snr"):
+        S.sample_s4(den, x, ts, snr=0.0)
+
+
+def test_s4_step_is_gdss_algorithm_2():
+    """One S4 step by hand from the documented formulas (Langevin at s with the score at x, exact
+    linear half steps, the frozen score drift), replaying the three noise draws: equal to
+    round-off; and the correction is the pc Langevin rule (same step size)."""
+    p = VP()
+    den = GAUSS.denoiser(p, "eps")
+    ts = torch.tensor([0.6, 0.5], dtype=torch.float64)
+    x = GAUSS.marginal(p, ts[0]).sample(64, _gen(0))
+    g = _gen(3)
+    z0, z1, z2 = (torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(3))
+    s, t = ts[0], ts[1]
+    m = 0.5 * (s + t)
+    sc = den.score(x, s)
+    norm = lambda v: v.flatten(1).norm(dim=1).mean()  # noqa: E731
+    eps = 2 * (p.alpha(s) / p.alpha(t)) ** 2 * (0.05 * norm(z0) / norm(sc)) ** 2
+    y = x + eps * sc + (2 * eps).sqrt() * z0
+
+    def lin(y, u, v, z):
+        return p.alpha(v) / p.alpha(u) * y + p.sigma(v) * torch.sqrt(torch.expm1(2 * (p.lam(v) - p.lam(u)))) * z
+
+    y = lin(y, s, m, z1)
+    y = y + p.g2(s) * sc * (s - t)
+    y = lin(y, m, t, z2)
+    out = S.sample_s4(den, x, ts, generator=_gen(3))
+    torch.testing.assert_close(out, y, rtol=1e-12, atol=1e-12)
 
 
 def test_dopri5_float32_and_callback():
