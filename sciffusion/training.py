@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ def fit(
     progress: bool = True,
     desc: str = "fit",
     settings: dict | None = None,
+    log_every: int = 50,
 ) -> FitResult:
     """Train ``model`` by minimising ``loss_fn`` with Adam.
 
@@ -106,6 +108,12 @@ def fit(
         progress: show a tqdm bar.
         settings: anything else that changes the result and that ``loss_fn`` closes over (the
             forward process, a weighting, a target), by name; it joins the fingerprint.
+        log_every: the losses are read back from the device (one transfer for the steps since
+            the last read), checked for NaN/inf and shown on the progress bar every ``log_every``
+            steps, before every checkpoint and at the end; in between, no step waits on the
+            device. Every step's loss still ends up in ``FitResult.losses``. A non-finite loss
+            raises FloatingPointError naming its step at the next read (up to ``log_every - 1``
+            steps later); the checkpoint file then holds the last checkpoint written before it.
 
     Returns:
         :class:`FitResult`.
@@ -116,6 +124,8 @@ def fit(
         raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {steps} and {batch_size}")
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise ValueError(f"log_every must be a positive int, got {log_every!r}")
     if not callable(data):
         for i, d in enumerate(data if isinstance(data, (tuple, list)) else (data,)):
             if isinstance(d, torch.Tensor) and d.is_floating_point() and not torch.isfinite(d).all():
@@ -148,15 +158,30 @@ def fit(
                           "optimizer": opt.state_dict(), "generator": generator.get_state(),
                           "losses": losses, "step": step, "fingerprint": stamp}, path)
 
+    pending: list[torch.Tensor] = []  # detached losses of the steps not yet read back
+    saved = [start if path is not None and path.exists() else None]  # step of the checkpoint on disk
+
+    def read_back(next_step: int) -> None:
+        # one device->host transfer for the losses of steps next_step - len(pending) .. next_step - 1
+        if not pending:
+            return
+        vals = torch.stack(pending).tolist()
+        pending.clear()
+        first = next_step - len(vals)
+        for k, v in enumerate(vals):
+            if not math.isfinite(v):
+                losses.extend(vals[:k])
+                kept = "no checkpoint was written" if saved[0] is None else \
+                    f"the checkpoint keeps step {saved[0]}"
+                raise FloatingPointError(f"fit: loss became {v} at step {first + k}; {kept}; "
+                                         "lower lr or clip")
+        losses.extend(vals)
+
     model.train()
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
     for step in bar:
         batch = draw(batch_size, generator) if callable(data) else draw(generator)
         loss = loss_fn(model, batch, generator)
-        if not torch.isfinite(loss):
-            save(step)
-            raise FloatingPointError(f"fit: loss became {loss.item()} at step {step}; "
-                                     "checkpoint kept at the last good step, lower lr or clip")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
@@ -167,11 +192,16 @@ def fit(
                 pe.lerp_(pm, 1.0 - ema_decay)
             for be, bm in zip(ema.buffers(), model.buffers()):
                 be.copy_(bm)
-        losses.append(loss.item())
-        if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        pending.append(loss.detach())
+        if step % log_every == 0:
+            read_back(step + 1)
+            if progress:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if path is not None and (step + 1) % checkpoint_every == 0:
+            read_back(step + 1)
             save(step + 1)
+            saved[0] = step + 1
+    read_back(max(steps, start))
     save(max(steps, start))
     model.eval()
     ema.eval()

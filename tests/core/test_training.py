@@ -175,3 +175,55 @@ def test_errors():
     with pytest.raises(FloatingPointError, match="step 0"):
         fit(model, lambda m, b, g: torch.tensor(float("nan"), requires_grad=True), (X, y), steps=2,
             progress=False)
+
+
+def test_losses_are_read_back_only_at_logging_steps(tmp_path):
+    """No step waits on the device for its loss: fit reads the losses back (one tolist) at the
+    logging steps (every log_every), before each checkpoint and at the end, never by .item() or
+    bool() per step (counted with a TorchFunctionMode, calls made from training.py only). The
+    loss history is the same list as with a read every step; a NaN at step 7 is reported as
+    step 7 at the next read, and the checkpoint on disk is the last one written before it."""
+    import sys
+
+    from torch.overrides import TorchFunctionMode
+
+    class Reads(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if name in ("item", "tolist", "__bool__", "__float__") and \
+                    sys._getframe(1).f_code.co_filename == training.__file__:
+                self.calls.append(name)
+            return func(*args, **(kwargs or {}))
+
+    import copy
+
+    X, y, _ = _regression_data()
+    init = torch.nn.Linear(3, 1).double()
+    runs = {}
+    for every in (1, 50):
+        reads = Reads()
+        with reads:
+            runs[every] = fit(copy.deepcopy(init), _mse, (X, y), steps=120, batch_size=32,
+                              seed=3, progress=False, log_every=every).losses
+        if every == 50:  # steps 0, 50, 100, the end; plus the data's NaN check (one bool per tensor)
+            assert reads.calls.count("tolist") == 4 and reads.calls.count("item") == 0, reads.calls
+            assert reads.calls.count("__bool__") == 2, reads.calls
+    assert len(runs[50]) == 120 and runs[50] == runs[1]
+
+    def nan_at_7(model, batch, generator):
+        loss = _mse(model, batch, generator)
+        nan_at_7.n += 1
+        return loss * float("nan") if nan_at_7.n == 8 else loss
+
+    nan_at_7.n = 0
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(FloatingPointError, match=r"step 7; the checkpoint keeps step 5"):
+        fit(torch.nn.Linear(3, 1).double(), nan_at_7, (X, y), steps=20, progress=False, log_every=10,
+            checkpoint=ck, checkpoint_every=5)
+    assert torch.load(ck, weights_only=False)["step"] == 5
+    with pytest.raises(ValueError, match="log_every"):
+        fit(torch.nn.Linear(3, 1).double(), _mse, (X, y), steps=1, log_every=0)
