@@ -171,6 +171,7 @@ def _probs(model, x, temperature, top_p):
     return model_probs(model(x), temperature, top_p)
 
 
+@torch.no_grad()
 def sample_svdd(model, process: MaskedProcess, reward, shape=None, num_steps: int = 64, *,
                 num_candidates: int = 8, alpha: float = 0.0, value: str | Callable = "pm",
                 generator: torch.Generator | None = None, x: torch.Tensor | None = None,
@@ -260,6 +261,7 @@ def sample_base(model, process: MaskedProcess, reward, shape, num_steps: int = 6
     return sample_best_of_n(model, process, reward, shape, num_steps, n=1, generator=generator, **kwargs)
 
 
+@torch.no_grad()
 def sample_best_of_n(model, process: MaskedProcess, reward, shape, num_steps: int = 64, *, n: int,
                      generator: torch.Generator | None = None, temperature: float = 1.0, top_p: float = 1.0,
                      batch_size: int = 4096, progress: bool = False) -> DesignResult:
@@ -291,6 +293,7 @@ def sample_best_of_n(model, process: MaskedProcess, reward, shape, num_steps: in
                         reward.calls - c0, reward.evaluations - e0, {"n": n, "num_steps": num_steps})
 
 
+@torch.no_grad()
 def sample_smc(model, process: MaskedProcess, reward, shape, num_steps: int = 64, *, num_particles: int,
                lam: float = 1.0, threshold: float = 0.5, scheme: str = "systematic",
                generator: torch.Generator | None = None, progress: bool = False) -> DesignResult:
@@ -378,21 +381,23 @@ def fit_value_network(model, process: MaskedProcess, reward, length: int, *, num
     """
     reward = as_reward(reward)
     f = _Counted(model, process.vocab_size)
-    x0 = sample_ancestral(f, process, (num_rollouts, length), num_steps, generator=generator).x
+    with torch.no_grad():
+        x0 = sample_ancestral(f, process, (num_rollouts, length), num_steps, generator=generator).x
     r = reward(x0)
     torch.manual_seed(seed)
     vn = ValueNetwork(process.vocab_size, **net_kwargs)
     vn.mean, vn.std = float(r.mean()), float(r.std().clamp_min(1e-12))
     rz = ((r - vn.mean) / vn.std).float()
     opt = torch.optim.Adam(vn.parameters(), lr=lr)
-    for _ in range(train_steps):
-        idx = torch.randint(num_rollouts, (min(batch_size, num_rollouts),), generator=generator)
-        t = torch.rand(idx.shape[0], generator=generator, dtype=torch.float64)
-        xt = process.perturb(x0[idx], 1.0 - t, generator)
-        loss = ((vn.net(xt) - rz[idx]) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with torch.enable_grad():  # callers may decode under no_grad
+        for _ in range(train_steps):
+            idx = torch.randint(num_rollouts, (min(batch_size, num_rollouts),), generator=generator)
+            t = torch.rand(idx.shape[0], generator=generator, dtype=torch.float64)
+            xt = process.perturb(x0[idx], 1.0 - t, generator)
+            loss = ((vn.net(xt) - rz[idx]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     vn.eval()
     vn.training_model_evals, vn.training_reward_evals = f.rows, num_rollouts
     return vn

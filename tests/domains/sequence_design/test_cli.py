@@ -1,0 +1,57 @@
+"""``sciffusion sequences train|design`` end to end at tiny size; arguments validated before work."""
+
+import pytest
+import torch
+
+from sciffusion.cli import main
+from sciffusion.domains.sequence_design import DNA, read_fasta, write_fasta
+from sciffusion.domains.sequence_design import cli as scli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("seq")
+    x = torch.randint(4, (40, 16), generator=torch.Generator().manual_seed(0))
+    write_fasta(d / "data.fa", x)
+    rc = main(["sequences", "train", "--fasta", str(d / "data.fa"), "--out", str(d / "model"), "--width", "8",
+               "--depth", "2", "--steps", "3", "--batch-size", "8", "--no-progress"])
+    assert rc == 0 and (d / "model" / "model.pt").exists()
+    return d
+
+
+@pytest.mark.parametrize("method", ["svdd-pm", "svdd-mc", "best-of-n", "smc", "base"])
+def test_design_methods_write_fasta(trained, method):
+    out = trained / f"{method}.fasta"
+    rc = main(["sequences", "design", "--model", str(trained / "model"), "--reward", "gc:0.5,hamming:ACGT:1",
+               "--method", method, "--num", "3", "--steps", "4", "--candidates", "2", "--rollouts", "16",
+               "--out", str(out)])
+    x, names = read_fasta(out)
+    assert rc == 0 and x.shape == (3, 16) and names == ["design0", "design1", "design2"]
+    assert "reward=" in out.read_text().splitlines()[0]
+
+
+def test_bad_arguments_fail_before_output(trained, capsys):
+    out = trained / "never.fasta"
+    base = ["sequences", "design", "--model", str(trained / "model"), "--num", "2", "--out", str(out)]
+    assert main(base + ["--reward", "motif:MA9999"]) == 2
+    assert "unknown JASPAR matrix ID 'MA9999'" in capsys.readouterr().err
+    assert main(base + ["--reward", "gc:0.5", "--length", "17"]) == 2
+    assert "exceeds the model's maximum length 16" in capsys.readouterr().err
+    assert main(base + ["--reward", "nope"]) == 2
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main(base + ["--reward", "gc", "--candidates", "0"])
+    assert main(["sequences", "design", "--model", str(trained / "missing"), "--reward", "gc",
+                 "--out", str(out)]) == 2
+    bad = trained / "bad.fa"
+    bad.write_text(">a\nACGT\n>b\nACGN\n")
+    assert main(["sequences", "train", "--fasta", str(bad), "--out", str(trained / "m2")]) == 2
+    assert "'b': character 'N' at position 4" in capsys.readouterr().err
+    assert not (trained / "m2").exists()
+
+
+def test_tour_runs_quick(tmp_path):
+    res = scli.tour(tmp_path, quick=True)
+    assert res["section"] == "sequence_design" and len(res["rows"]) == 3
+    x, _ = read_fasta(tmp_path / "svdd_designs.fasta")
+    assert x.shape == (32, 32) and set(DNA.decode(x)[0]) <= set("ACGT")
