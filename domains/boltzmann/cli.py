@@ -101,7 +101,7 @@ def build_system(system: str, cv_names: list[str], *, quick: bool = False) -> Sy
         hi = [(1.5, 2.5)[i] for i in idx]
         return SystemSpec(system, en.MuellerBrown(kT=20.0), CoordinateCV(idx, cv_names), cv_names,
                           dict(lower=lo, upper=hi, bins=141, sigma=0.1, height=0.02, gamma=6.0),
-                          dict(sigma_max=1.5, num_steps=60, hidden=128, depth=3, lr=1e-3, max_adjoint_norm=50.0),
+                          dict(sigma_max=1.2, num_steps=60, hidden=128, depth=3, lr=1e-3, max_adjoint_norm=10.0),
                           fit, dict(rounds=8, iterations_per_round=20, final_iterations=60, deposit_samples=200,
                                     num_samples=4000))
     from sciffusion.processes import VE
@@ -110,13 +110,13 @@ def build_system(system: str, cv_names: list[str], *, quick: bool = False) -> Sy
     from .sampler import ChiralityRestraint
 
     solvent = system.rsplit("-", 1)[1]
-    energy, top, pos = en.alanine_dipeptide(solvent=solvent)
+    energy, top, pos = en.alanine_dipeptide(solvent=solvent, check_units=False)  # random early samples have no bonds
     cvset = phi_psi_alanine()
     keep = [["phi", "psi"].index(n) for n in cv_names]
     cvs = cvset if keep == [0, 1] else _SubsetCV(cvset, keep, cv_names)
     restrained = ChiralityRestraint.from_reference(energy, (8, 6, 14, 10), torch.as_tensor(pos), k=50.0,
                                                    v0=1e-3)
-    proc = VE(sigma_min=1e-3, sigma_max=0.5)
+    proc = VE(sigma_min=1e-3, sigma_max=0.03)  # nm; a Dirac source at the native structure
     try:
         from sciffusion.constraints import ZeroCenterOfMass
 
@@ -125,7 +125,8 @@ def build_system(system: str, cv_names: list[str], *, quick: bool = False) -> Sy
         pass
     return SystemSpec(system, restrained, cvs, cv_names,
                       dict(lower=-math.pi, upper=math.pi, bins=72, sigma=0.35, height=0.05, gamma=8.0),
-                      dict(process=proc, num_steps=100, hidden=256, depth=3, lr=5e-4, max_adjoint_norm=1000.0),
+                      dict(process=proc, source_mean=torch.as_tensor(pos, dtype=torch.float32), num_steps=100,
+                           hidden=256, depth=3, lr=5e-4, max_adjoint_norm=1000.0),
                       dict(fit, samples_per_iteration=128), dict(rounds=8, iterations_per_round=40,
                                                                  final_iterations=80, deposit_samples=128,
                                                                  num_samples=2000),

@@ -277,6 +277,10 @@ class AdjointSampler:
         sigma_max: the default process's largest noise (ignored when ``process`` is given).
         source: ``"dirac"`` (Adjoint Sampling, source at 0) or ``"gaussian"`` (ASBS).
         source_std: std :math:`s_0` of the Gaussian source.
+        source_mean: where the source sits (default the origin), shape ``event_shape``: e.g. a
+            molecule's native structure, so that the base terminal law
+            :math:`N(m, (s_0^2 + \nu_1) I)` already has bonded geometry and ``sigma_max`` can be
+            a fraction of a nanometre. Every formula above holds with :math:`x - m` for :math:`x`.
         num_steps: Euler–Maruyama steps per simulation.
         hidden, depth: width and residual depth of the adjoint MLP (and the corrector MLP).
         max_adjoint_norm: per-sample clip of :math:`\|\nabla U\|` (Havens et al. clip the energy
@@ -286,7 +290,8 @@ class AdjointSampler:
     """
 
     def __init__(self, event_shape: Sequence[int], *, process: Any = None, sigma_max: float = 3.0,
-                 source: str = "dirac", source_std: float = 1.0, num_steps: int = 100, hidden: int = 128,
+                 source: str = "dirac", source_std: float = 1.0, source_mean: Any = None,
+                 num_steps: int = 100, hidden: int = 128,
                  depth: int = 3, max_adjoint_norm: float | None = 100.0, lr: float = 1e-3,
                  ema_decay: float = 0.99, seed: int = 0):
         self.event_shape = tuple(int(s) for s in event_shape)
@@ -309,6 +314,10 @@ class AdjointSampler:
         self.source, self.source_std, self.num_steps = source, float(source_std), num_steps
         self.max_adjoint_norm = max_adjoint_norm
         self.dim = math.prod(self.event_shape)
+        m = torch.zeros(self.event_shape) if source_mean is None else torch.as_tensor(source_mean).float()
+        if tuple(m.shape) != self.event_shape or not torch.isfinite(m).all():
+            raise ValueError(f"source_mean must be a finite tensor of shape {self.event_shape}, got {tuple(m.shape)}")
+        self.source_mean = self._project(m[None])[0]
         with torch.random.fork_rng(devices=[]):  # nn.Linear init draws globally: seed it, leave the global state alone
             torch.manual_seed(seed)
             self.net = MLP(self.dim, hidden=hidden, depth=depth, t_scale=self.process.T)
@@ -345,7 +354,7 @@ class AdjointSampler:
     def _corrector(self, x1: torch.Tensor, net=None) -> torch.Tensor:
         """:math:`h(x_1)`: exact :math:`-x/\\nu_1` for a Dirac source, learned residual on
         :math:`-x/(s_0^2+\\nu_1)` for a Gaussian one."""
-        base = -x1 / self.base_terminal_var()
+        base = -(x1 - self.source_mean.to(x1.dtype)) / self.base_terminal_var()
         if self.corrector is None:
             return base
         net = self.corrector if net is None else net
@@ -353,10 +362,10 @@ class AdjointSampler:
         return self._project(base + net(_flat(x1), zero).reshape(x1.shape))
 
     def _source(self, n: int, generator, dtype) -> torch.Tensor:
-        z = torch.zeros((n,) + self.event_shape, dtype=dtype)
+        z = self.source_mean.to(dtype).expand((n,) + self.event_shape).clone()
         if self.source == "dirac":
             return z
-        return self.source_std * self._noise(z, generator)
+        return z + self.source_std * self._noise(z, generator)
 
     # --- simulation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -401,8 +410,8 @@ class AdjointSampler:
         return self.simulate(num_samples, generator, use_ema=True, **kw).x
 
     def log_base_terminal(self, x: torch.Tensor) -> torch.Tensor:
-        r""":math:`\log p^{base}_1(x)` up to a constant, :math:`-|x|^2 / (2(s_0^2 + \nu_1))`."""
-        return -0.5 * _flat(x.double()).pow(2).sum(1) / self.base_terminal_var()
+        r""":math:`\log p^{base}_1(x)` up to a constant, :math:`-|x - m|^2 / (2(s_0^2 + \nu_1))`."""
+        return -0.5 * _flat(x.double() - self.source_mean.double()).pow(2).sum(1) / self.base_terminal_var()
 
     def log_weights(self, result: SampleResult, u: torch.Tensor) -> torch.Tensor:
         r"""Path log-weights :math:`-U(x) - \log p^{base}_1(x) + \text{Girsanov}` of samples for

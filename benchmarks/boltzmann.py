@@ -1,0 +1,217 @@
+"""Boltzmann sampling benchmark: the well-tempered adjoint sampler (WT-ASBS) against the same
+sampler without bias and against exact answers / OpenMM metadynamics.
+
+Parts (``--part``):
+
+* ``analytic``: 2-D double well (kT = 1; exact P(x1 > 0) and Delta F by quadrature) and
+  Müller–Brown (kT = 20; exact basin probabilities by 2-D quadrature), ``--seeds`` seeds each,
+  unbiased vs well-tempered, each with the bias weights exp(V/kT) (WT-ASBS) and the sampler's
+  exact path weights; energy+force calls, wall-clock and ESS per run.
+* ``alanine-metad`` / ``alanine-sampler``: alanine dipeptide in vacuum (openmmtools, amber ff96, 300 K; phi = atoms
+  4,6,8,14, psi = 6,8,14,16; basin B = 0 < phi < 2 rad, A = the rest): well-tempered
+  metadynamics through OpenMM (the reference, run here), then the sampler with and without the
+  bias. CPU budget (stated): metadynamics ``--metad-steps`` steps of 2 fs (HBonds constraints),
+  the samplers ``--alanine-iterations`` iterations of 128 energy+force calls each.
+
+Run (shared 2-core CPU; background):
+    OMP_NUM_THREADS=1 nohup python benchmarks/boltzmann.py --part analytic > bench_boltzmann_analytic.log &
+    OMP_NUM_THREADS=1 nohup python benchmarks/boltzmann.py --part alanine-metad > bench_boltzmann_metad.log &
+    OMP_NUM_THREADS=1 nohup python benchmarks/boltzmann.py --part alanine-sampler > bench_boltzmann_sampler.log &
+
+Writes ``benchmarks/results/boltzmann_<part>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sciffusion.domains.boltzmann.cli import build_system, run_sample
+from sciffusion.domains.boltzmann.free_energy import delta_f, delta_f_from_grid
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _df_row(label, res, lw, ess, cv, names, basin_a, basin_b, seed, periodic=None, extra=None):
+    try:
+        d = delta_f(cv, lw, basin_a, basin_b, n_bootstrap=200, generator=torch.Generator().manual_seed(seed),
+                    names=names, periodic=periodic)
+        df, se, pb = float(d["delta_f"]), float(d["stderr"]), float(d["p_b"])
+    except ValueError as err:  # a basin no sample visits: the estimate does not exist
+        df, se, pb = float("nan"), float("nan"), float("nan")
+        extra = dict(extra or {}, note=str(err)[:120])
+    row = {"run": label, "delta_f": round(df, 3), "stderr": round(se, 3), "p_b": round(pb, 4), "ess": round(ess, 1),
+           "energy_calls": res.energy_evaluations, "wall_s": round(res.seconds, 1)}
+    row.update(extra or {})
+    return row
+
+
+def double_well(seeds):
+    spec = build_system("double-well", ["x1"])
+    exact_p = spec.energy.exact_probability(0.0)
+    exact = {"p_b": exact_p, "delta_f": spec.energy.exact_delta_f(0.0)}
+    rows = []
+    rk = spec.run_kwargs
+    total = rk["rounds"] * rk["iterations_per_round"] + rk["final_iterations"]
+    for seed in seeds:
+        for label, kw in (("unbiased", dict(rounds=0, final_iterations=total)), ("well-tempered", {})):
+            res = run_sample(spec, out=None, seed=seed, **kw)
+            for wname, lw, ess in (("bias weights", res.log_weights, res.ess),
+                                   ("path weights", res.path_log_weights, res.path_ess)):
+                row = _df_row(f"{label}, {wname}", res, lw, ess, res.cv, ["x1"], "A = rest", "B: 0 < x1 < 10", seed,
+                              extra={"seed": seed, "raw_p_b": round(float((res.cv[:, 0] > 0).double().mean()), 4)})
+                rows.append(row)
+                print("double-well", row, flush=True)
+    return {"exact": exact, "rows": rows}
+
+
+def mueller_brown(seeds):
+    spec = build_system("mueller-brown", ["x", "y"])
+    energy = spec.energy
+    exact = energy.exact_basin_probabilities()
+    out_exact = {"p": [round(float(p), 4) for p in exact],
+                 "delta_f_0_to_1": round(-math.log(float(exact[1] / exact[0])), 3),
+                 "delta_f_0_to_2": round(-math.log(float(exact[2] / exact[0])), 3)}
+    print("mueller-brown exact", out_exact, flush=True)
+    rows = []
+    rk = spec.run_kwargs
+    total = rk["rounds"] * rk["iterations_per_round"] + rk["final_iterations"]
+    for seed in seeds:
+        for label, kw in (("unbiased", dict(rounds=0, final_iterations=total)), ("well-tempered", {})):
+            res = run_sample(spec, out=None, seed=seed, **kw)
+            idx = energy.basin_index(res.x)
+            for wname, lw, ess in (("bias weights", res.log_weights, res.ess),
+                                   ("path weights", res.path_log_weights, res.path_ess)):
+                w = torch.softmax(lw, 0)
+                p = [float(w[idx == k].sum()) for k in range(3)]
+                # bootstrap of the basin free energies (samples are independent)
+                g = torch.Generator().manual_seed(seed)
+                boots = []
+                for _ in range(200):
+                    j = torch.randint(len(w), (len(w),), generator=g)
+                    wb = torch.softmax(lw[j], 0)
+                    pb = [float(wb[idx[j] == k].sum()) for k in range(3)]
+                    if min(pb) > 0:
+                        boots.append([-math.log(pb[1] / pb[0]), -math.log(pb[2] / pb[0])])
+                bt = torch.tensor(boots) if boots else torch.full((1, 2), float("nan"))
+                dfs = [(-math.log(p[k] / p[0]) if p[k] > 0 and p[0] > 0 else float("nan")) for k in (1, 2)]
+                row = {"run": f"{label}, {wname}", "seed": seed, "p": [round(v, 4) for v in p],
+                       "delta_f_0_to_1": round(dfs[0], 3), "stderr_0_to_1": round(float(bt[:, 0].std()), 3),
+                       "delta_f_0_to_2": round(dfs[1], 3), "stderr_0_to_2": round(float(bt[:, 1].std()), 3),
+                       "raw_p": [round(float((idx == k).double().mean()), 4) for k in range(3)],
+                       "ess": round(ess, 1), "energy_calls": res.energy_evaluations, "wall_s": round(res.seconds, 1)}
+                rows.append(row)
+                print("mueller-brown", row, flush=True)
+    return {"exact": out_exact, "rows": rows}
+
+
+BASIN_A, BASIN_B = "A = rest", "B: 0 < phi < 2"
+
+
+def alanine_metad(args):
+    """The OpenMM well-tempered metadynamics reference (2 fs, HBonds), Delta F from its grid."""
+    from sciffusion.domains.boltzmann.energies import alanine_dipeptide
+    from sciffusion.domains.boltzmann.reference import run_metadynamics
+
+    out = {"budget": {"metad_steps": args.metad_steps, "metad_timestep_ps": 0.002}}
+    basin_a, basin_b = BASIN_A, BASIN_B
+    # --- the metadynamics reference (OpenMM), 2 fs with HBonds constraints
+    e_md, top, pos = alanine_dipeptide("vacuum", constraints="HBonds")
+    t0 = time.perf_counter()
+    fes_every = max(args.metad_steps // 40, 500)
+    ref = run_metadynamics(e_md.system, pos, 300.0, steps=args.metad_steps, timestep=0.002, bias_factor=6.0,
+                           height=1.2, width=0.35, frequency=500, report_every=1000, fes_every=fes_every,
+                           generator=torch.Generator().manual_seed(0))
+    wall = time.perf_counter() - t0
+    d_final = delta_f_from_grid(ref.grid_points, ref.free_energy, basin_a, basin_b, names=["phi", "psi"],
+                                periodic=[True, True])["delta_f"]
+    hist = []
+    for step, f in ref.fes_history:
+        hist.append((int(step), float(delta_f_from_grid(ref.grid_points, f, basin_a, basin_b, names=["phi", "psi"],
+                                                        periodic=[True, True])["delta_f"])))
+    tail = [d for s, d in hist if s >= 0.75 * args.metad_steps]
+    spread = float(torch.tensor(tail).std()) if len(tail) > 1 else float("nan")
+
+    def steps_within(tol):
+        for i, (s, d) in enumerate(hist):
+            if all(abs(d2 - d_final) < tol for _, d2 in hist[i:]):
+                return s
+        return None
+
+    out["metadynamics"] = {"delta_f": round(float(d_final), 3), "stderr_last_quarter": round(spread, 3),
+                           "energy_force_calls": ref.num_force_calls, "wall_s": round(wall, 1),
+                           "steps_to_stay_within_0.5kT_of_final": steps_within(0.5),
+                           "steps_to_stay_within_0.3kT_of_final": steps_within(0.3),
+                           "history": hist}
+    print("alanine metadynamics", {k: v for k, v in out["metadynamics"].items() if k != "history"}, flush=True)
+    return out
+
+
+def alanine_sampler(args):
+    """The sampler with and without the bias, Delta F with bootstrap error bars."""
+    basin_a, basin_b = BASIN_A, BASIN_B
+    out = {"budget": {"sampler_iterations": args.alanine_iterations, "samples_per_iteration": 128}}
+    spec = build_system("alanine-dipeptide-vacuum", ["phi", "psi"])
+    n_it = args.alanine_iterations
+    rounds = 8
+    per_round = max(1, (n_it // 2) // rounds)
+    final = n_it - rounds * per_round
+    rows = []
+    for label, kw in (("unbiased", dict(rounds=0, final_iterations=n_it)),
+                      ("well-tempered", dict(rounds=rounds, iterations_per_round=per_round, final_iterations=final))):
+        t0 = time.perf_counter()
+        try:
+            res = run_sample(spec, out=None, seed=0, num_samples=2000, **kw)
+        except (FloatingPointError, ValueError) as err:
+            rows.append({"run": label, "failed": str(err)[:200], "wall_s": round(time.perf_counter() - t0, 1)})
+            print("alanine", rows[-1], flush=True)
+            continue
+        u = spec.energy.energy(res.x) if hasattr(spec.energy, "energy") else None
+        extra = {"mean_reduced_energy": round(float(u.mean()), 1) if u is not None else None,
+                 "valid_chirality": int(torch.isfinite(res.log_weights).sum()),
+                 "final_hist_phi_in_B": round(float(((res.cv[:, 0] > 0) & (res.cv[:, 0] < 2)).double().mean()), 4)}
+        for wname, lw, ess in (("bias weights", res.log_weights, res.ess),
+                               ("path weights", res.path_log_weights, res.path_ess)):
+            row = _df_row(f"{label}, {wname}", res, lw, ess, res.cv, ["phi", "psi"], basin_a, basin_b, 0,
+                          periodic=[True, True], extra=extra)
+            rows.append(row)
+            print("alanine", row, flush=True)
+    out["sampler"] = rows
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=("analytic", "alanine-metad", "alanine-sampler"), default="analytic")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--metad-steps", type=int, default=1_500_000, help="2 fs steps (1.5e6 = 3 ns)")
+    p.add_argument("--alanine-iterations", type=int, default=400)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    meta = {"command": "python benchmarks/boltzmann.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+    if args.part == "analytic":
+        seeds = list(range(args.seeds))
+        result = {"double_well": double_well(seeds), "mueller_brown": mueller_brown(seeds)}
+    elif args.part == "alanine-metad":
+        result = {"alanine_vacuum": alanine_metad(args)}
+    else:
+        result = {"alanine_vacuum": alanine_sampler(args)}
+    result["meta"] = dict(meta, wall_s=round(time.perf_counter() - t0, 1))
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"boltzmann_{args.part}.json"
+    path.write_text(json.dumps(result, indent=1, default=float))
+    print(f"wrote {path} ({result['meta']['wall_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
