@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as _distributed
 from .utils import check_resume, fingerprint, save_atomic
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,18 @@ def fit(
             raises FloatingPointError naming its step at the next read (up to ``log_every - 1``
             steps later); the checkpoint file then holds the last checkpoint written before it.
 
+    Under ``torchrun`` with more than one process, ``fit`` trains with DistributedDataParallel
+    (:mod:`sciffusion.distributed`): ``batch_size`` rows per rank from disjoint seeded shards,
+    gradients averaged, the logged loss averaged over ranks, checkpoints written by rank 0;
+    ``loss_fn`` receives the DDP-wrapped model. With one process nothing changes.
+
     Returns:
         :class:`FitResult`.
     """
+    hook = _distributed.fit_hook(model=model, data=data, batch_size=batch_size, seed=seed, steps=steps, lr=lr,
+                                 weight_decay=weight_decay, ema_decay=ema_decay, grad_clip=grad_clip,
+                                 checkpoint=checkpoint is None, checkpoint_every=checkpoint_every,
+                                 log_every=log_every, settings=settings or {})  # None on one process
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if steps < 0 or batch_size < 1:
@@ -132,34 +142,37 @@ def fit(
                 bad = (~torch.isfinite(d)).sum().item()
                 raise ValueError(f"data: tensor {i} holds {bad} NaN or infinite value(s); "
                                  "drop or impute them before training")
-    draw = data if callable(data) else _Batches(data, batch_size).draw
+    rows, per_rank = (data, batch_size) if hook is None else hook.shard(data, batch_size)
+    draw = data if callable(data) else _Batches(rows, per_rank).draw
     stamp = fingerprint(data=data, model=model, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         ema_decay=ema_decay, grad_clip=grad_clip, seed=seed, settings=settings or {})
-    generator = torch.Generator().manual_seed(seed)
+    stamp = stamp if hook is None else hook.stamp(stamp)
+    generator = torch.Generator().manual_seed(seed if hook is None else hook.seed(seed))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     ema = copy.deepcopy(model).requires_grad_(False)
     losses: list[float] = []
     start = 0
     path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.exists():
+    resume = path is not None and (path.exists() if hook is None else hook.exists(path))
+    if resume:
         state = torch.load(path, weights_only=False)
         check_resume(state.get("fingerprint"), stamp, what=f"checkpoint {path}")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"] if hook is None else hook.generator_state(state))
         losses = list(state["losses"])
         start = int(state["step"])
         log.info("resumed %s from step %d", path, start)
 
     def save(step: int) -> None:
         if path is not None:
-            save_atomic({"model": model.state_dict(), "ema": ema.state_dict(),
+            (save_atomic if hook is None else hook.save)({"model": model.state_dict(), "ema": ema.state_dict(),
                           "optimizer": opt.state_dict(), "generator": generator.get_state(),
                           "losses": losses, "step": step, "fingerprint": stamp}, path)
 
     pending: list[torch.Tensor] = []  # detached losses of the steps not yet read back
-    saved = [start if path is not None and path.exists() else None]  # step of the checkpoint on disk
+    saved = [start if resume else None]  # step of the checkpoint on disk
 
     def read_back(next_step: int) -> None:
         # one device->host transfer for the losses of steps next_step - len(pending) .. next_step - 1
@@ -181,7 +194,7 @@ def fit(
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
     for step in bar:
         batch = draw(batch_size, generator) if callable(data) else draw(generator)
-        loss = loss_fn(model, batch, generator)
+        loss = loss_fn(model if hook is None else hook.ddp, batch, generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
@@ -192,7 +205,7 @@ def fit(
                 pe.lerp_(pm, 1.0 - ema_decay)
             for be, bm in zip(ema.buffers(), model.buffers()):
                 be.copy_(bm)
-        pending.append(loss.detach())
+        pending.append(loss.detach() if hook is None else hook.mean(loss))  # the global batch's loss
         if step % log_every == 0:
             read_back(step + 1)
             if progress:
@@ -203,6 +216,8 @@ def fit(
             saved[0] = step + 1
     read_back(max(steps, start))
     save(max(steps, start))
+    if hook is not None:
+        hook.check_sync(model)
     model.eval()
     ema.eval()
     return FitResult(model=model, ema=ema, losses=losses, step=max(steps, start))
