@@ -10,17 +10,25 @@ where they are needed).
 * the sampler: :class:`AdjointSampler` (Adjoint Sampling, Havens et al. 2025; ASBS, Liu et al.
   2025) trained by adjoint matching on a replay buffer, with exact path weights;
   :class:`IDEMSampler` (iDEM, Akhound-Sadegh et al. 2024) for cheap analytic energies;
+* CVs (:class:`Dihedral`, :class:`CVSet`, :func:`phi_psi_alanine`, ...), free energies
+  (:class:`Basin`, :func:`delta_f`, :func:`mbar_delta_f`) and OpenMM references
+  (:func:`run_md`, :func:`run_metadynamics`);
 * the well-tempered loop: :func:`run_wtasbs` (rounds, frozen final stage, weights, checkpoints).
 """
 
+from .cvs import CV, Coordination, CVSet, Dihedral, Distance, dihedral_angle, phi_psi_alanine
+from .free_energy import Basin, delta_f, delta_f_from_grid, free_energy_surface, mbar_delta_f
 from .bias import WellTemperedBias, effective_sample_size, log_importance_weights
 from .energies import (DoubleWell2D, Energy, GaussianMixtureEnergy, LennardJones, ManyWell, MuellerBrown,
                        OpenMMEnergy, TorchEnergy, alanine_dipeptide)
 from .idem import IDEMSampler, dem_score
 from .sampler import AdjointSampler, ChiralityRestraint, ReplayBuffer, SampleResult, energy_and_forces
+from .reference import ReferenceRun, run_md, run_metadynamics
 from .wtasbs import BiasPotential, WTResult, run_wtasbs, sample_unbiased
 
-__all__ = ["Energy", "TorchEnergy", "DoubleWell2D", "MuellerBrown", "GaussianMixtureEnergy", "ManyWell",
+__all__ = ["CV", "Coordination", "CVSet", "Dihedral", "Distance", "dihedral_angle", "phi_psi_alanine", "Basin",
+           "delta_f", "delta_f_from_grid", "free_energy_surface", "mbar_delta_f", "ReferenceRun", "run_md",
+           "run_metadynamics", "Energy", "TorchEnergy", "DoubleWell2D", "MuellerBrown", "GaussianMixtureEnergy", "ManyWell",
            "LennardJones", "OpenMMEnergy", "alanine_dipeptide", "WellTemperedBias", "log_importance_weights",
            "effective_sample_size", "AdjointSampler", "ChiralityRestraint", "ReplayBuffer", "SampleResult",
            "energy_and_forces", "IDEMSampler", "dem_score", "BiasPotential", "WTResult", "run_wtasbs", "sample_unbiased"]

@@ -288,15 +288,29 @@ def _cmd_metad(args) -> int:
     names = parse_cv_names(args.system, args.cv)
     if not args.system.startswith("alanine"):
         raise ValueError("--system: metad runs OpenMM metadynamics, so it needs an alanine-dipeptide system")
+    if not args.bias_factor > 1:
+        raise ValueError(f"--bias-factor must be > 1, got {args.bias_factor}")
     _check_out(args.out)
+    from .energies import alanine_dipeptide
+    from .free_energy import delta_f_from_grid
     from .reference import run_metadynamics
 
-    spec = build_system(args.system, names)
-    base = spec.energy.energy if hasattr(spec.energy, "energy") else spec.energy
-    t0 = time.perf_counter()
-    res = run_metadynamics(base, spec.cvs, steps=args.steps, out_dir=args.out, seed=args.seed)
-    print(f"metadynamics: {args.steps} steps in {time.perf_counter() - t0:.1f} s; wrote {args.out}")
-    return 0 if res is not None else 1
+    energy, top, pos = alanine_dipeptide(solvent=args.system.rsplit("-", 1)[1], constraints="HBonds")
+    res = run_metadynamics(energy.system, pos, 300.0, steps=args.steps, cvs=names, timestep=0.002,
+                           bias_factor=args.bias_factor, topology=top, generator=torch.Generator().manual_seed(args.seed),
+                           progress=not args.no_progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save({"grid_points": res.grid_points, "free_energy": res.free_energy, "cv_values": res.cv_values,
+                "cv_names": res.cv_names}, args.out / "metad.pt")
+    summary = {"system": args.system, "cv": names, "steps": args.steps, "timestep_ps": 0.002,
+               "energy_force_calls": res.num_force_calls, "wall_s": round(res.wall_s, 1)}
+    if names == ["phi", "psi"] or names == ["phi"]:
+        d = delta_f_from_grid(res.grid_points, res.free_energy, "A = rest", "B: 0 < phi < 2", names=names,
+                              periodic=[True] * len(names))
+        summary["delta_f_A_to_B"] = round(float(d["delta_f"]), 3)
+    (args.out / "metad.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+    return 0
 
 
 def register_cli(subparsers) -> None:
@@ -325,8 +339,10 @@ def register_cli(subparsers) -> None:
     m = sub.add_parser("metad", help="OpenMM well-tempered metadynamics reference")
     m.add_argument("--system", required=True, choices=SYSTEMS)
     m.add_argument("--cv", default="phi,psi")
-    m.add_argument("--steps", type=_positive("--steps"), default=500000)
+    m.add_argument("--steps", type=_positive("--steps"), default=500000, help="2 fs steps (HBonds constraints)")
+    m.add_argument("--bias-factor", type=float, default=6.0)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--no-progress", action="store_true")
     m.add_argument("--out", type=Path, required=True)
     m.set_defaults(func=_guard(_cmd_metad))
 

@@ -2,6 +2,7 @@
 that fail before any work or output."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -72,3 +73,17 @@ def test_free_energy_validates(tmp_path):
         main(["molecules", "free-energy", "--samples", str(tmp_path), "--basin", "0 < x1"])
     with pytest.raises(SystemExit, match="metad"):
         main(["molecules", "metad", "--system", "double-well", "--cv", "x1", "--out", str(tmp_path / "m")])
+
+
+def test_metad_writes_its_estimate(tmp_path):
+    pytest.importorskip("openmm")
+    pytest.importorskip("openmmtools")
+    out = tmp_path / "metad"
+    assert main(["molecules", "metad", "--system", "alanine-dipeptide-vacuum", "--cv", "phi,psi", "--steps", "600",
+                 "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "metad.json").read_text())
+    assert summary["energy_force_calls"] == 600 and math.isfinite(summary["delta_f_A_to_B"])
+    saved = torch.load(out / "metad.pt", weights_only=False)
+    assert saved["free_energy"].shape == (63, 63)  # grid_width 64 per periodic CV, duplicate end dropped
+    with pytest.raises(SystemExit, match="bias-factor"):
+        main(["molecules", "metad", "--system", "alanine-dipeptide-vacuum", "--bias-factor", "1", "--out", str(out)])
