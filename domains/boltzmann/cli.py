@@ -93,8 +93,9 @@ def build_system(system: str, cv_names: list[str], *, quick: bool = False) -> Sy
         return SystemSpec(system, en.DoubleWell2D(kT=1.0), CoordinateCV(idx, cv_names), cv_names,
                           dict(lower=-3.5, upper=3.5, bins=141, sigma=0.3, height=0.02, gamma=6.0),
                           dict(sigma_max=3.0, num_steps=50, hidden=64, depth=2, lr=2e-3, max_adjoint_norm=10.0),
-                          fit, dict(rounds=6, iterations_per_round=15, final_iterations=40, deposit_samples=200,
-                                    num_samples=4000), default_basin="B: 0 < x1 < 10")
+                          dict(fit, buffer_size=2048),  # ~8 iterations of samples: the buffer follows the bias
+                          dict(rounds=6, iterations_per_round=15, final_iterations=40, deposit_samples=200,
+                               num_samples=4000), default_basin="B: 0 < x1 < 10")
     if system == "mueller-brown":
         idx = [_CVS[system].index(n) for n in cv_names]
         lo = [(-2.0, -1.0)[i] for i in idx]
