@@ -329,6 +329,17 @@ def test_bad_input_fails_on_every_rank(ranks):
     assert r0["err_flaky"].startswith("RuntimeError") and "rank 1: FloatingPointError" in r0["err_flaky"]
 
 
+def test_init_without_torchrun_environment(monkeypatch):
+    """WORLD_SIZE unset or 1 is one process (no group); WORLD_SIZE=2 without RANK/MASTER_* names them."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init() == (0, 1) and distributed.world_size() == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for k in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(ValueError, match="RANK, MASTER_ADDR, MASTER_PORT not set: launch with torchrun"):
+        distributed.init()
+
+
 def test_single_process_input_errors():
     """Validation that needs no group: fkc_sharded refuses a generator, gather must be a known name."""
     with pytest.raises(TypeError, match="generator"):
