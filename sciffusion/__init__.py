@@ -5,15 +5,33 @@ wrapper, time grids, samplers, likelihood, losses, SMC, training and small netwo
 live in ``sciffusion.domains``.
 """
 
-from . import categorical, denoisers, likelihood, losses, nn, processes, samplers, schedules, smc, testing, training, utils
-from .denoisers import Denoiser
-from .likelihood import log_likelihood
-from .processes import EDM, VE, VP, JointProcess, Linear, SubVP, get_process
-from .samplers import SAMPLERS, get_sampler, sample
-from .schedules import get_schedule
-from .training import fit
+import importlib
 
 __version__ = "0.1.0"
+
+# Names load on first use (PEP 562), so that ``import sciffusion`` (and the ``sciffusion --help``
+# command line) does not pay for torch until something needs it.
+_SUBMODULES = ("categorical", "denoisers", "likelihood", "losses", "nn", "processes", "samplers", "schedules",
+               "smc", "testing", "training", "utils")
+_NAMES = {"Denoiser": "denoisers", "log_likelihood": "likelihood", "EDM": "processes", "VE": "processes",
+          "VP": "processes", "JointProcess": "processes", "Linear": "processes", "SubVP": "processes",
+          "get_process": "processes", "SAMPLERS": "samplers", "get_sampler": "samplers", "sample": "samplers",
+          "get_schedule": "schedules", "fit": "training"}
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sciffusion' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES) | set(_NAMES))
+
 
 __all__ = ["Denoiser", "log_likelihood", "categorical", "likelihood", "VP", "SubVP", "VE", "EDM", "Linear", "JointProcess", "get_process", "SAMPLERS",
            "get_sampler", "sample", "get_schedule", "fit", "denoisers", "losses", "nn", "processes",

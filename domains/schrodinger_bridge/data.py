@@ -149,15 +149,31 @@ def read_csv(path: str | os.PathLike, *, time_col: str = "time", columns: Sequen
     """
     import pandas as pd
 
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty (expected a header row with a {time_col!r} column, "
+                         "then one row per observed individual)") from None
     if time_col not in df.columns:
-        raise ValueError(f"time_col={time_col!r} not in the CSV columns {list(df.columns)}")
+        raise ValueError(f"{path}: time_col={time_col!r} not in the CSV columns {list(df.columns)}")
+    if len(df) == 0:
+        raise ValueError(f"{path}: only a header row, no data rows")
+    t = pd.to_numeric(df[time_col], errors="coerce")
+    bad = t.isna() & df[time_col].notna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{path}: the time column {time_col!r} must hold numbers; data row {i + 1} has "
+                         f"{df[time_col].iloc[i]!r}")
     if columns is None:
         columns = [c for c in df.columns if c != time_col and pd.api.types.is_numeric_dtype(df[c])]
     missing = [c for c in columns if c not in df.columns]
     if missing or not columns:
-        raise ValueError(f"columns {missing or columns} not found among {list(df.columns)}")
-    return _group(df[time_col].to_numpy(np.float64), df[list(columns)].to_numpy(np.float64))
+        raise ValueError(f"{path}: coordinate columns {missing or list(columns)} not found among numeric "
+                         f"columns of {list(df.columns)}")
+    for c in columns:
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            raise ValueError(f"{path}: column {c!r} must hold numbers")
+    return _group(t.to_numpy(np.float64), df[list(columns)].to_numpy(np.float64))
 
 
 def write_csv(path: str | os.PathLike, xs, times, *, time_col: str = "time",
@@ -179,7 +195,9 @@ def write_csv(path: str | os.PathLike, xs, times, *, time_col: str = "time",
         for key, vals in (extra or {}).items():
             f[key] = np.asarray(vals[k])
         frames.append(f)
-    pd.concat(frames, ignore_index=True).to_csv(path, index=False)
+    tmp = f"{os.fspath(path)}.tmp"  # written whole, then moved: a failure leaves no half file
+    pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def from_anndata(adata, *, time_key: str = "time", embedding: str = "X_pca",

@@ -34,11 +34,82 @@ def test_simulate_then_fit_lotka_volterra(tmp_path, capsys):
     assert list(pred.columns) == ["time", "prey", "predator"]
 
 
-def test_fit_reports_bad_data(tmp_path):
+def test_fit_reports_bad_data(tmp_path, capsys):
     bad = tmp_path / "one.csv"
     bad.write_text("time,x,y\n0,1,2\n0,2,3\n")
-    with pytest.raises(ValueError, match="at least 2 snapshots"):
-        main(["bridges", "fit", "--data", str(bad), "--out", str(tmp_path / "o")])
+    assert main(["bridges", "fit", "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "at least 2 snapshots" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def snapshots_csv(tmp_path):
+    path = tmp_path / "s.csv"
+    assert main(["bridges", "simulate", "--reference", "lotka-volterra", "--x0", "5", "4", "--times", "0", "1", "2",
+                 "3", "--n", "20", "--sim-step", "0.01", "--out", str(path)]) == 0
+    return path
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sciffusion: error: ") and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in err, err
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("", "the file is empty"),
+    ("time,x,y\n", "only a header row"),
+    ("time,x,y\n0,1,2\nabc,2,3\n1,3,3\n", "data row 2 has 'abc'"),
+])
+def test_fit_csv_errors_are_one_line_and_leave_nothing(tmp_path, capsys, content, needle):
+    """Issue 12: empty and header-only CSVs and text in the time column gave pandas tracebacks."""
+    data = tmp_path / "bad.csv"
+    data.write_text(content)
+    out = tmp_path / "o"
+    assert main(["bridges", "fit", "--data", str(data), "--out", str(out)]) == 2
+    _one_line_error(capsys, needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--held-out", "0"], ["--held-out 0", "strictly inside"]),
+    (["--held-out", "1.5"], ["not a snapshot time"]),
+    (["--reference", "lotka-volterra", "--params", "alpah=1"], ["unknown parameter 'alpah'", "alpha, beta"]),
+    (["--predict-times", "-1"], ["before the first training snapshot"]),
+    (["--bootstrap", "1"], ["--bootstrap"]),
+    (["--max-step", "0"], ["--max-step", "> 0"]),
+    (["--reference", "lotka"], ["invalid choice"]),
+])
+def test_fit_argument_errors_before_any_work(snapshots_csv, tmp_path, capsys, extra, needles):
+    out = tmp_path / "o"
+    assert _rc(["bridges", "fit", "--data", str(snapshots_csv), "--out", str(out), *extra]) == 2
+    _one_line_error(capsys, *needles)
+    assert not out.exists()
+
+
+def _rc(argv):
+    """Exit status of the CLI, whether argparse exits (bad value) or main returns (bad content)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--times", "0", "2", "1"], ["strictly increasing"]),
+    (["--times", "0", "1", "--sim-step", "0"], ["--sim-step", "> 0"]),
+    (["--times", "0", "1", "--n", "-3"], ["--n", ">= 1"]),
+    (["--times", "0", "1", "--params", "alpah=1"], ["unknown parameter 'alpah'"]),
+    (["--times", "0", "1", "--x0", "1", "2", "3"], ["needs 2 coordinates"]),
+])
+def test_simulate_argument_errors(tmp_path, capsys, extra, needles):
+    out = tmp_path / "s.csv"
+    argv = ["bridges", "simulate", "--reference", "lotka-volterra", "--x0", "5", "4", "--out", str(out), *extra]
+    assert _rc(argv) == 2
+    _one_line_error(capsys, *needles)
+    assert not out.exists()
 
 
 def test_fit_reads_anndata(tmp_path):
