@@ -29,6 +29,7 @@ COMMANDS = {
     "fkc": ("feynman_kac", "Feynman-Kac correctors: annealing, products, guidance (exact demo)"),
     "bridges": ("schrodinger_bridge", "Schrödinger bridges with iterative reference refinement"),
     "molecules": ("boltzmann", "Boltzmann sampling of molecules and free energies"),
+    "sequences": ("sequence_design", "DNA/RNA design with soft value-based decoding (SVDD)"),
 }
 _ALIASES = {cmd: ep for cmd, (ep, _) in COMMANDS.items()}
 
