@@ -368,7 +368,7 @@ def tour(out_dir: Path, quick: bool) -> dict:
     spec = build_system("double-well", ["x1"])
     exact = spec.energy.exact_probability(0.0)
     rows = [{"sampler": "exact (quadrature)", "P(x1>0)": round(exact, 4),
-             "dF(A->B) kT": round(-math.log(exact / (1 - exact)), 3)}]
+             "dF(A->B) kT": round(-math.log(exact / (1 - exact)), 3), "ESS": "", "energy_calls": ""}]
     scale = dict(rounds=4, iterations_per_round=10, final_iterations=20) if quick else {}
     results = {}
     for label, rounds in (("unbiased", 0), ("well-tempered", None)):
