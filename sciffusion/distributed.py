@@ -60,12 +60,15 @@ SMC chunks, a rank whose data shard (or sample block) would be empty raise ``Val
 every rank. An exception raised inside one rank's sampler is gathered and re-raised on every
 rank. An exception inside one rank's ``loss_fn`` cannot be (the others wait in the gradient
 all-reduce): ``torchrun`` then stops the job, and the group's ``timeout`` (:func:`init`) bounds
-the wait otherwise.
+the wait otherwise. ``loss_fn`` must call the model it is given (the DDP wrapper): parameters that
+differ across ranks at a checkpoint or at the end raise ``RuntimeError``. To train on one rank
+alone inside a group, call ``fit`` within :func:`local_only`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -87,7 +90,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["init", "shutdown", "rank", "world_size", "is_main", "barrier", "derive_seed",
            "chunk_generator", "check_same", "shard_indices", "sample_sharded", "fkc_sharded", "combine_fkc",
-           "fit_hook"]
+           "fit_hook", "local_only"]
 
 # stream tags for derive_seed: training ranks, the data permutation, sampling chunks
 _FIT, _DATA, _CHUNK = 1, 2, 3
@@ -652,13 +655,30 @@ class FitGroup:
                                "it is passed (the DDP wrapper), not the original module")
 
 
+_LOCAL = [0]  # depth of local_only() blocks
+
+
+@contextlib.contextmanager
+def local_only():
+    """Within this block ``fit`` trains on this process alone even inside a process group (e.g. a
+    fit on rank 0 only, which would otherwise wait for the other ranks)."""
+    _LOCAL[0] += 1
+    try:
+        yield
+    finally:
+        _LOCAL[0] -= 1
+
+
 def fit_hook(*, model, data, batch_size: int, seed: int, **settings) -> FitGroup | None:
-    """Called first by :func:`sciffusion.training.fit`: ``None`` on one process (fit unchanged), else
-    the :class:`FitGroup` after every rank agreed on the settings (:func:`check_same`).
+    """Called first by :func:`sciffusion.training.fit`: ``None`` on one process or inside
+    :func:`local_only` (fit unchanged), else the :class:`FitGroup` after every rank agreed on the
+    settings (:func:`check_same`).
 
     A process started by ``torchrun`` with ``WORLD_SIZE > 1`` that has not yet joined its group
     joins it here (:func:`init`).
     """
+    if _LOCAL[0]:
+        return None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _active():
         init()
     if world_size() == 1:

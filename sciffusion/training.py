@@ -126,7 +126,7 @@ def fit(
     """
     hook = _distributed.fit_hook(model=model, data=data, batch_size=batch_size, seed=seed, steps=steps, lr=lr,
                                  weight_decay=weight_decay, ema_decay=ema_decay, grad_clip=grad_clip,
-                                 checkpoint=checkpoint is None, checkpoint_every=checkpoint_every,
+                                 checkpointing=checkpoint is not None, checkpoint_every=checkpoint_every,
                                  log_every=log_every, settings=settings or {})  # None on one process
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -130,6 +130,12 @@ def _worker(out: Path) -> None:
     got["resume"] = dict(full=(full.model.state_dict(), full.ema.state_dict(), full.losses),
                          resumed=(resumed.model.state_dict(), resumed.ema.state_dict(), resumed.losses))
 
+    # a fit on rank 0 alone inside the group (local_only): no collective, the one-process result
+    if r == 0:
+        with distributed.local_only():
+            model, data = _regression()
+            got["local_fit"] = fit(model, _mse, data, steps=2, batch_size=8, **_FIT_KW).model.state_dict()
+
     # sharded sampling, gathered three ways
     got["sample"] = sample_sharded(_draw, 10, seed=SEED, chunk_size=3, out=out / "samples")
     got["sample_all"] = sample_sharded(_draw, 10, seed=SEED, chunk_size=3, gather="all")
@@ -177,6 +183,8 @@ def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(WORLD),
            "OMP_NUM_THREADS": "1"}
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: containers whose hostname does not resolve
     procs = [subprocess.Popen([sys.executable, __file__, str(out)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(WORLD)]
     logs = []
@@ -243,6 +251,15 @@ def test_ddp_step_equals_one_process_on_the_concatenated_batch(ranks):
         assert rr["ddp"]["losses"] == pytest.approx(ref.losses, rel=1e-12)
     start = _regression()[0].weight
     assert not torch.allclose(ref.model.weight, start)  # it trained
+
+
+def test_local_only_fit_on_one_rank_is_the_one_process_fit(ranks, one_thread):
+    """Inside local_only, rank 0 trains alone (rank 1 does not join) and gets exactly the
+    single-process result."""
+    _, (r0, r1) = ranks
+    model, data = _regression()
+    ref = fit(model, _mse, data, steps=2, batch_size=8, **_FIT_KW).model.state_dict()
+    assert "local_fit" not in r1 and all(torch.equal(r0["local_fit"][k], ref[k]) for k in ref)
 
 
 def test_resumed_two_rank_run_is_bit_identical(ranks):
