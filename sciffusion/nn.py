@@ -68,8 +68,12 @@ class MLP(nn.Module):
             nn.Sequential(nn.SiLU(), nn.Linear(hidden + time_dim, hidden)) for _ in range(depth)
         )
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim or dim))
+        self.dim = dim
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"MLP: input of shape {tuple(x.shape)}, expected (batch, {self.dim}): "
+                             f"this network was built for {self.dim}-dimensional data")
         t = torch.as_tensor(t, device=x.device, dtype=x.dtype).expand(x.shape[0]) / self.t_scale
         e = self.embed(t).to(x.dtype)
         h = self.inp(torch.cat([x, e], -1))

@@ -97,3 +97,9 @@ def test_fit_reports_nan_in_the_data():
     data[5, 1] = float("nan")
     with pytest.raises(ValueError, match="data: tensor 0 holds 1 NaN"):
         fit(model, _loss, data, steps=2, progress=False)
+
+
+def test_mlp_names_an_input_dimension_mismatch():
+    """Issue 12: data of another dimension surfaced as a matmul shape error deep in nn.Linear."""
+    with pytest.raises(ValueError, match=r"expected \(batch, 2\).*2-dimensional"):
+        MLP(2, hidden=8, depth=1)(torch.zeros(4, 3), torch.zeros(4))
