@@ -63,7 +63,12 @@ def load_text(path: str | os.PathLike, seq_len: int, tokenizer: CharTokenizer | 
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    text = Path(path).read_text().replace("\n", " ")
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    text = path.read_text().replace("\n", " ")
+    if not text.strip():
+        raise ValueError(f"{path}: the corpus is empty (expected text to train on)")
     tokenizer = tokenizer or CharTokenizer.from_text(text)
     ids = tokenizer.encode(text)
     stride = stride or seq_len
@@ -75,17 +80,29 @@ def load_text(path: str | os.PathLike, seq_len: int, tokenizer: CharTokenizer | 
 def load_tokens(path: str | os.PathLike) -> torch.Tensor:
     """Integer sequences from ``.npy`` (2-D array) or text (one sequence per line, equal lengths)."""
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
     if path.suffix == ".npy":
-        arr = np.load(path)
+        try:
+            arr = np.load(path)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{path}: not a readable .npy array ({err})") from None
     else:
         rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
         if not rows:
             raise ValueError(f"{path}: no sequences")
         if len({len(r) for r in rows}) != 1:
             raise ValueError(f"{path}: sequences of different lengths; pad or cut them first")
-        arr = np.array(rows, dtype=np.int64)
+        try:
+            arr = np.array(rows, dtype=np.int64)
+        except ValueError:
+            raise ValueError(f"{path}: expected whitespace-separated integers, one sequence per line") from None
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{path}: expected a 2-D integer array, got shape {arr.shape} dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError(f"{path}: no sequences")
+    if (arr < 0).any():
+        raise ValueError(f"{path}: token ids must be >= 0")
     return torch.from_numpy(arr.astype(np.int64))
 
 
@@ -93,15 +110,20 @@ def save_tokens(path: str | os.PathLike, x: torch.Tensor) -> Path:
     """``.npy`` or whitespace-separated integers, one sequence per line."""
     path = Path(path)
     arr = x.detach().cpu().numpy().astype(np.int64)
+    tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".npy":
-        np.save(path, arr)
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
     else:
-        path.write_text("\n".join(" ".join(map(str, r)) for r in arr) + "\n")
+        tmp.write_text("\n".join(" ".join(map(str, r)) for r in arr) + "\n")
+    os.replace(tmp, path)  # whole or not at all
     return path
 
 
 def save_text(path: str | os.PathLike, x: torch.Tensor, tokenizer: CharTokenizer) -> Path:
     """Decoded samples, one per line."""
     path = Path(path)
-    path.write_text("\n".join(tokenizer.decode(r) for r in x) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(tokenizer.decode(r) for r in x) + "\n")
+    os.replace(tmp, path)  # whole or not at all
     return path

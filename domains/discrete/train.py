@@ -3,7 +3,9 @@
 A model file (:func:`save_model`) holds the EMA weights and everything needed to rebuild the
 network and its process (architecture, sizes, process kind, schedule, alphabet), so
 ``sciffusion discrete sample`` needs nothing else. Resumable training uses ``fit``'s own
-checkpoint (``checkpoint=``), which continues bit for bit.
+checkpoint (``checkpoint=``), which continues bit for bit and refuses to resume a checkpoint
+written for other data, another network or other settings (``fit``'s fingerprint, which here also
+covers the process, schedule, loss and vocabulary).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def train(data: torch.Tensor, *, vocab_size: int, process: str = "masked", sched
     model = build_model(arch, proc, data.shape[1], **config["arch_kwargs"])
     res: FitResult = fit(model, make_loss(proc, loss), data, steps=steps, batch_size=batch_size, lr=lr,
                          ema_decay=ema_decay, seed=seed, checkpoint=checkpoint,
-                         checkpoint_every=checkpoint_every, progress=progress, desc=f"discrete {process}")
+                         checkpoint_every=checkpoint_every, progress=progress, desc=f"discrete {process}",
+                         settings={"process": process, "schedule": schedule, "loss": loss,
+                                   "vocab_size": vocab_size, "arch": arch, "arch_kwargs": config["arch_kwargs"]})
     return res, proc, config
 
 
@@ -55,8 +59,21 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, config: dict, al
 
 
 def load_model(path: str | os.PathLike):
-    """``(model, process, config, alphabet)`` from :func:`save_model`'s file (model in eval mode)."""
-    blob = torch.load(Path(path), weights_only=False)
+    """``(model, process, config, alphabet)`` from :func:`save_model`'s file (model in eval mode).
+
+    Raises:
+        ValueError: the file is missing or is not a model file written by :func:`save_model`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such model file")
+    expected = "a discrete model file written by `sciffusion discrete train` (save_model)"
+    try:
+        blob = torch.load(path, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same plain message
+        raise ValueError(f"{path} is not {expected}: {type(err).__name__}") from None
+    if not isinstance(blob, dict) or not {"state_dict", "config"} <= set(blob):
+        raise ValueError(f"{path} is not {expected} (a training checkpoint? use the file given as --out)")
     cfg = blob["config"]
     proc = get_discrete_process(cfg["process"], cfg["vocab_size"], cfg["schedule"])
     model = build_model(cfg["arch"], proc, cfg["max_len"], **cfg["arch_kwargs"])
