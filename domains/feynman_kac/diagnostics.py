@@ -1,12 +1,13 @@
-"""Diagnostics figure for an FKC run: ESS over time, surviving lineages and the resampling events."""
+"""Diagnostics figure for an FKC run: ESS over time, surviving lineages and the resampling events.
+
+The figure is returned, never shown, and no backend is chosen here: in Jupyter it renders inline,
+and a headless script saves it with ``fig.savefig`` (pyplot picks a non-interactive backend by
+itself when there is no display).
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import torch
 
 
 def plot_diagnostics(result, ax=None):
@@ -20,8 +21,10 @@ def plot_diagnostics(result, ax=None):
         ax: optional three axes to draw on.
 
     Returns:
-        The matplotlib figure (Agg backend; never shown).
+        The matplotlib figure (never shown).
     """
+    import matplotlib.pyplot as plt
+
     if ax is None:
         fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
     else:
@@ -40,6 +43,8 @@ def plot_diagnostics(result, ax=None):
         ax[1].plot(t[:len(result.lineages)], result.lineages.numpy() / N)
     ax[1].set_yscale("log")
     ax[1].set_ylabel("surviving lineages / N")
+    ax[0].set_title(f"{N} particles x {result.num_groups} group(s), {len(t)} steps", fontsize=9)
+    ax[1].set_title("distinct starting ancestors", fontsize=9)
     for a in ax[:2]:
         a.set_xscale("log" if log_t else "linear")
         a.set_xlabel("t (noise on the left, data on the right)")
