@@ -211,3 +211,26 @@ def test_implicit_solvent_differs_from_vacuum(ala):
     x = torch.from_numpy(pos[None])
     # the OBC1 GB term is a large negative solvation energy for a polar peptide
     assert (energy_i(x) - energy_v(x)).item() < -10
+
+
+def test_from_pdb_units_and_energy():
+    import os
+
+    import mdtraj as md
+    import openmmtools
+    from openmm import app
+
+    from sciffusion.domains.boltzmann.energies import from_pdb
+
+    path = os.path.join(os.path.dirname(openmmtools.__file__), "data/alanine-dipeptide-gbsa/alanine-dipeptide.pdb")
+    energy, top, pos = from_pdb(path, temperature=310.0, platform="Reference")
+    # the PDB is in angstrom; mdtraj reads it in nm, as do we
+    np.testing.assert_allclose(pos, md.load(path).xyz[0], atol=1e-6)
+    assert top.n_atoms == 22 and energy.kT == pytest.approx(0.00831446261815324 * 310.0)
+    ff = app.ForceField("amber14-all.xml")
+    pdb = app.PDBFile(path)
+    system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=None)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pdb.positions)
+    e = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
+    assert energy(torch.from_numpy(pos[None])).item() == pytest.approx(e / energy.kT, rel=1e-9)
