@@ -164,8 +164,14 @@ def init(backend: str | None = None, *, timeout: float = 600.0) -> tuple[int, in
 
 
 def shutdown() -> None:
-    """Leave the process group (nothing on a single process)."""
+    """Wait for every rank, then leave the process group (nothing on a single process).
+
+    The barrier matters: a rank that tears down its gloo connections while another still uses
+    them can abort the job at exit.
+    """
     if _active():
+        if world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
