@@ -3,7 +3,7 @@
 Part ``motif`` (the headline). Data: an order-2 Markov background over ACGT (transition rows
 softmax(1.5 N(0,1)), seed 0), L = 64, 4000 training sequences, with the 8-mer motif TGACTCAG
 planted (overwriting 8 sites at a uniform position) in 30% of them. Base model: the ``discrete``
-dilated-CNN masked denoiser (64 channels, depth 4) trained with the ``discrete`` ELBO loss.
+dilated-CNN masked denoiser (48 channels, depth 4, 1500 steps) trained with the ``discrete`` ELBO loss.
 Reward: windows within Hamming distance 1 of the motif (forward strand). Decoders on a 64-step
 uniform grid, 64 designs each, at matched model cost (sequences evaluated by the model per design,
 measured, not assumed):
@@ -11,20 +11,21 @@ measured, not assumed):
   * best-of-N with N chosen so its measured model evaluations match SVDD-PM's at each M;
   * SMC reward tilting (feynman_kac masked FKC + core SMC, lambda = 2, ESS < N/2 resampling),
     N particles matched the same way (it evaluates every particle at every step: ~64 N per design);
-  * SVDD-MC (value network regressed on 4096 base rollouts; its training cost is reported apart);
+  * SVDD-MC (value network regressed on 1024 base rollouts; its training cost is reported apart);
   * the unguided base sampler.
 Beside the reward: ELBO under the base model (nats per sequence, 8 draws), 3-mer spectrum
 correlation with the training data, pairwise Hamming diversity. Three decoding seeds.
 
-Part ``rna`` (optional, ``--parts motif,rna``): base model on 3000 50-nt sequences from an order-2
+Part ``rna`` (optional, ``--parts motif,rna``): base model (48 channels, 1500 steps) on 3000 50-nt sequences from an order-2
 Markov background over ACGU; reward = minus the ViennaRNA base-pair distance of the MFE structure
 to a fixed 50-nt two-hairpin target; SVDD-PM vs best-of-N vs SMC at matched model evaluations,
 with reward evaluations reported beside them.
 
-CPU budget: one core (OMP_NUM_THREADS=1); about 20 minutes for ``motif`` on a 2-core shared
-machine, about 10 more for ``rna``; ``--quick`` is a 2-minute smoke run (tiny sizes, not quoted).
+CPU budget: one thread (OMP_NUM_THREADS=1), about 4 CPU-minutes for ``motif`` and 4 for ``rna``
+(20-30 minutes of wall time each on the shared 2-core machine); ``--quick`` is a smoke run
+(tiny sizes, not quoted). ``--cache DIR`` keeps the trained base models for reruns.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/sequence_design.py [--parts motif,rna] [--quick]
+Run:  OMP_NUM_THREADS=1 python benchmarks/sequence_design.py [--parts motif,rna] [--quick] [--cache DIR]
 Writes benchmarks/results/sequence_design.json and benchmarks/results/sequence_design.png.
 """
 
@@ -67,6 +68,22 @@ def planted(n, L, frac, seed):
     for r, p in zip(rows.tolist(), pos.tolist()):
         x[r, p:p + len(MOTIF)] = motif
     return x
+
+
+def base_model(data, cache, name, steps, width):
+    """Train the base model, or load it from ``cache`` (a rerun with the same settings reuses it)."""
+    from sciffusion.domains.sequence_design import load_base_model, save_base_model
+
+    path = None if cache is None else Path(cache) / f"{name}_w{width}_s{steps}_n{data.shape[0]}.pt"
+    if path is not None and path.exists():
+        model, proc, cfg, _ = load_base_model(path)
+        return model, proc, cfg, 0.0
+    t0 = time.perf_counter()
+    model, proc, cfg = train_base_model(data, arch="cnn", arch_kwargs={"channels": width, "depth": 4}, steps=steps,
+                                        batch_size=128, lr=2e-3, seed=0)
+    if path is not None:
+        save_base_model(path, model, cfg)
+    return model, proc, cfg, time.perf_counter() - t0
 
 
 def naturalness(res, model, proc, data, eval_seed):
@@ -154,6 +171,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="motif")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cache", default=None, help="folder to keep trained base models in (reused by reruns)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     q = args.quick
@@ -171,13 +189,11 @@ def main():
         data = planted(400 if q else 4000, L, 0.3, seed=0)
         reward = HammingMotifCount(MOTIF, 1)
         r_data = reward(data)
-        model, proc, cfg = train_base_model(data, arch="cnn", arch_kwargs={"channels": 32 if q else 64,
-                                                                           "depth": 4},
-                                            steps=100 if q else 3000, batch_size=128, lr=2e-3, seed=0)
-        t_train = time.perf_counter() - t0
+        model, proc, cfg, t_train = base_model(data, args.cache, "motif", 100 if q else 1500, 32 if q else 48)
         print(f"[motif] trained base model in {t_train:.0f} s; data mean reward {float(r_data.mean()):.3f}")
-        vn = fit_value_network(model, proc, reward, L, num_rollouts=256 if q else 4096, num_steps=steps,
-                               train_steps=50 if q else 1500, generator=torch.Generator().manual_seed(7))
+        vn = fit_value_network(model, proc, reward, L, num_rollouts=256 if q else 1024, num_steps=steps,
+                               train_steps=50 if q else 400, batch_size=128,
+                               generator=torch.Generator().manual_seed(7), channels=32, depth=3)
         rows = run_methods(model, proc, reward, data, L, steps, num, Ms, seeds, lam=2.0, value_net=vn)
         agg = aggregate(rows)
         aggs["planted motif (L=64)"] = agg
@@ -201,14 +217,14 @@ def main():
             print(f"[motif] {a['method']:9s} {a['M']:2d} {a['model_evals_per_design']:8.1f} "
                   f"{a['mean_reward']:.3f}({a['mean_reward_sd']:.3f}) {a['elbo_nats']:8.2f} {a['kmer3_corr']:.3f} "
                   f"{a['diversity']:.3f} {a['reward_evals_per_design']:8.1f}")
+        write(out, aggs, q)
     if "rna" in args.parts:
         t0 = time.perf_counter()
         L = len(RNA_TARGET)
         data = order2_markov(300 if q else 3000, L, seed=5)
         reward = StructureDistance(RNA_TARGET)
         r_data = reward(data[:500])
-        model, proc, cfg = train_base_model(data, arch="cnn", arch_kwargs={"channels": 32 if q else 64, "depth": 4},
-                                            steps=100 if q else 2000, batch_size=128, lr=2e-3, seed=0)
+        model, proc, cfg, _ = base_model(data, args.cache, "rna", 100 if q else 1500, 32 if q else 48)
         print(f"[rna] trained in {time.perf_counter() - t0:.0f} s; data mean reward {float(r_data.mean()):.2f}")
         rows = run_methods(model, proc, reward, data, L, 16 if q else 50, 8 if q else 32, (2, 4) if q else (4, 8),
                            (0,) if q else (0, 1, 2), lam=1.0)
@@ -222,13 +238,18 @@ def main():
                   f"{a['mean_reward']:.3f}({a['mean_reward_sd']:.3f}) {a['elbo_nats']:8.2f} {a['kmer3_corr']:.3f} "
                   f"{a['diversity']:.3f} {a['reward_evals_per_design']:8.1f}")
     out["seconds"] = time.perf_counter() - t_all
+    write(out, aggs, q)
+
+
+def write(out, aggs, quick):
+    """Write the JSON and the figure (after each part, so a finished part is kept)."""
     res_dir = Path(__file__).resolve().parent / "results"
     res_dir.mkdir(exist_ok=True)
-    name = "sequence_design_quick" if q else "sequence_design"
+    name = "sequence_design_quick" if quick else "sequence_design"
     (res_dir / f"{name}.json").write_text(json.dumps(out, indent=1, default=str))
     if aggs:
         figure(aggs, res_dir / f"{name}.png")
-    print(f"wrote {res_dir / (name + '.json')} in {out['seconds']:.0f} s")
+    print(f"wrote {res_dir / (name + '.json')}")
 
 
 if __name__ == "__main__":
