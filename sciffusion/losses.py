@@ -59,7 +59,7 @@ def dsm_loss(model, x0: Any, process, *, parameterization: Any = "eps",
              weighting: str = "eps", generator: torch.Generator | None = None,
              t_min: float | None = None, t_max: float | None = None, gamma: float = 5.0,
              normalize: bool = True, per_component: bool = False) -> Any:
-    """Denoising score-matching loss for a batch of data ``x0`` (tensor or tuple/dict state).
+    r"""Denoising score-matching loss for a batch of data ``x0`` (tensor or tuple/dict state).
 
     .. math:: \mathcal L = \frac{1}{B}\sum_b \frac{w(t_b)}{\bar w}\,\|\hat\varepsilon(x_{t_b}, t_b) - \varepsilon_b\|^2,
               \qquad x_{t_b} = \alpha_{t_b}x_{0,b} + \sigma_{t_b}\varepsilon_b

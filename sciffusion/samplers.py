@@ -425,20 +425,20 @@ def sample_euler_maruyama(denoiser, x, ts, *, generator=None, callback=None, pro
 @register("pc", order=1, nfe_per_step=2, stochastic=True)
 def sample_pc(denoiser, x, ts, *, snr: Any = 0.16, n_corrector: int = 1, scale_eps: float = 1.0,
               generator=None, callback=None, progress=False):
-    """Predictor–corrector sampling (Song et al. 2021, Alg. 2/3 with the corrector of Alg. 4/5):
+    r"""Predictor–corrector sampling (Song et al. 2021, Alg. 2/3 with the corrector of Alg. 4/5):
     an Euler–Maruyama predictor step t_i -> t_{i+1}, then ``n_corrector`` Langevin steps at
     :math:`t_{i+1}`.
 
-    .. math:: x \\leftarrow x + \\epsilon\\,s + \\sqrt{2\\epsilon}\\,z,\\qquad
-              \\epsilon = 2 a_i\\,(r\\,\\|z\\|/\\|s\\|)^2,\\qquad s = \\nabla\\log p_{t_{i+1}}(x)
+    .. math:: x \leftarrow x + \epsilon\,s + \sqrt{2\epsilon}\,z,\qquad
+              \epsilon = 2 a_i\,(r\,\|z\|/\|s\|)^2,\qquad s = \nabla\log p_{t_{i+1}}(x)
 
-    with ``r = snr``, and :math:`\\|z\\|, \\|s\\|` the per-sample norms (over all non-batch dimensions)
+    with ``r = snr``, and :math:`\|z\|, \|s\|` the per-sample norms (over all non-batch dimensions)
     averaged over the batch, separately for each component of a tuple state (each component
     its own step size). The step is deliberately not per sample: with a state-dependent step
-    :math:`\\epsilon(x)` Langevin dynamics has stationary density :math:`\\propto p/\\epsilon(x) = p\\,\\|s\\|^2`
+    :math:`\epsilon(x)` Langevin dynamics has stationary density :math:`\propto p/\epsilon(x) = p\,\|s\|^2`
     (zero at the mode), an O(1) bias that the tests see in low dimension. Alg. 5's
-    :math:`a_i = 1 - \\beta_i` is written as the squared signal ratio across the step,
-    :math:`a_i = \\alpha_{t_i}^2/\\alpha_{t_{i+1}}^2` (1 for VE/EDM, as in Alg. 4).
+    :math:`a_i = 1 - \beta_i` is written as the squared signal ratio across the step,
+    :math:`a_i = \alpha_{t_i}^2/\alpha_{t_{i+1}}^2` (1 for VE/EDM, as in Alg. 4).
 
     GDSS (Jo et al. 2022) samples with this predictor and corrector and scales the Langevin noise
     by ``scale_eps`` (:math:`\sqrt{2\epsilon}\,c\,z`; GDSS's configs use :math:`c < 1` on some data
@@ -497,7 +497,7 @@ def _langevin(x, s, z, a, snr, scale_eps=1.0):
 @register("s4", order=1, nfe_per_step=1, stochastic=True)
 def sample_s4(denoiser, x, ts, *, snr: Any = 0.05, scale_eps: float = 1.0, generator=None, callback=None,
               progress=False):
-    """S4 solver (Jo et al. 2022, GDSS, Alg. 2): one score evaluation per step, reused for a
+    r"""S4 solver (Jo et al. 2022, GDSS, Alg. 2): one score evaluation per step, reused for a
     Langevin correction and a Strang-split reverse-diffusion step.
 
     Step :math:`s = t_i \to t = t_{i+1}`, :math:`m = (s + t)/2`, with :math:`\hat s = \nabla\log p_s(x)`

@@ -315,7 +315,7 @@ class SubspaceGaussian:
         return self.basis @ S @ self.basis.T
 
     def eps(self, x, process, t) -> torch.Tensor:
-        """:math:`\mathbb E[\varepsilon\mid x_t] = B\,\mathbb E[z\mid B^+x_t]` (one time ``t``)."""
+        r""":math:`\mathbb E[\varepsilon\mid x_t] = B\,\mathbb E[z\mid B^+x_t]` (one time ``t``)."""
         return self.embed(self.coords_gauss.eps(self.coords(x), process, t))
 
     def model(self, process):

@@ -1,31 +1,31 @@
-"""Training losses and likelihood bounds for discrete diffusion.
+r"""Training losses and likelihood bounds for discrete diffusion.
 
 All ELBO losses return a per-sequence Monte Carlo estimate of the continuous-time negative
-ELBO :math:`-\\log p_\\theta(x_0) \\le \\mathcal L(x_0)` in nats, ``(B,)``, from one draw of
-:math:`t` and :math:`x_t` per sequence; with the exact model each equals :math:`-\\log p(x_0)` in
+ELBO :math:`-\log p_\theta(x_0) \le \mathcal L(x_0)` in nats, ``(B,)``, from one draw of
+:math:`t` and :math:`x_t` per sequence; with the exact model each equals :math:`-\log p(x_0)` in
 expectation (the reverse process then reproduces the forward path measure; tested on the oracle).
 
 * :func:`masked_elbo` (Sahoo et al. 2024, Eq. 10; Shi et al. 2024, Eq. 5):
 
-  .. math:: \\mathcal L = \\int_0^1 \\frac{-\\alpha'_t}{1-\\alpha_t}\\,
-            \\mathbb E_{x_t}\\Big[\\sum_{i:\\,x_t^i=m} -\\log p_\\theta(x_0^i \\mid x_t)\\Big]\\,dt
+  .. math:: \mathcal L = \int_0^1 \frac{-\alpha'_t}{1-\alpha_t}\,
+            \mathbb E_{x_t}\Big[\sum_{i:\,x_t^i=m} -\log p_\theta(x_0^i \mid x_t)\Big]\,dt
 
-* :func:`uniform_elbo` — denoising score entropy with the forward rate :math:`\\beta_t/V`,
-  :math:`\\beta_t = -\\alpha'_t/\\alpha_t` (Lou et al. 2024, Eq. 9 / Thm 3.6), summed over every
-  site and every :math:`b \\ne x_t^i` in closed form:
+* :func:`uniform_elbo` — denoising score entropy with the forward rate :math:`\beta_t/V`,
+  :math:`\beta_t = -\alpha'_t/\alpha_t` (Lou et al. 2024, Eq. 9 / Thm 3.6), summed over every
+  site and every :math:`b \ne x_t^i` in closed form:
 
-  .. math:: \\mathcal L = \\int_0^1 \\frac{\\beta_t}{V}\\,\\mathbb E_{x_t}\\sum_i\\sum_{b\\ne x_t^i}
-            \\big[\\hat s_b - r_b\\log\\hat s_b + r_b(\\log r_b - 1)\\big]dt + \\mathrm{KL}(q_1 \\| \\mathrm U)
+  .. math:: \mathcal L = \int_0^1 \frac{\beta_t}{V}\,\mathbb E_{x_t}\sum_i\sum_{b\ne x_t^i}
+            \big[\hat s_b - r_b\log\hat s_b + r_b(\log r_b - 1)\big]dt + \mathrm{KL}(q_1 \| \mathrm U)
 
-  with :math:`r_b = q_t(b\\mid x_0^i)/q_t(x_t^i\\mid x_0^i)` and :math:`\\hat s` the model's
+  with :math:`r_b = q_t(b\mid x_0^i)/q_t(x_t^i\mid x_0^i)` and :math:`\hat s` the model's
   concrete score built from its leave-one-out posterior (:func:`~.posteriors.concrete_score_from_loo`).
 * :func:`absorbing_uniform_elbo` — the masked ELBO of the absorbing reformulation (derived
-  here from the per-step KLs as the step goes to zero; :math:`w_t = -\\alpha'_t/(1-\\alpha_t)`,
-  :math:`\\hat p = p_\\theta(\\cdot\\mid x_t, z)`):
+  here from the per-step KLs as the step goes to zero; :math:`w_t = -\alpha'_t/(1-\alpha_t)`,
+  :math:`\hat p = p_\theta(\cdot\mid x_t, z)`):
 
-  .. math:: \\mathcal L = \\int_0^1 w_t\\,\\mathbb E\\sum_{i:\\,x_t^i = z^i}
-            \\begin{cases} -\\log\\hat p(x_0^i) - \\hat p(z^i) & x_0^i \\ne z^i \\\\
-                           1 - \\hat p(z^i) & x_0^i = z^i\\end{cases}dt
+  .. math:: \mathcal L = \int_0^1 w_t\,\mathbb E\sum_{i:\,x_t^i = z^i}
+            \begin{cases} -\log\hat p(x_0^i) - \hat p(z^i) & x_0^i \ne z^i \\
+                           1 - \hat p(z^i) & x_0^i = z^i\end{cases}dt
 
 * :func:`masked_elbo_count` — the same masked NELBO, estimated over the number of masked sites
   instead of over :math:`t`. With :math:`u = 1-\alpha_t` the integral above is
