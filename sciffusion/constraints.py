@@ -72,7 +72,10 @@ the constraint's ``noise``:
   plain dot product, ``dof`` :math:`= (n-1)d`.
 
 A new constraint subclasses :class:`Constraint` and implements the four methods; nothing else in
-the core changes.
+the core changes. Constraints compare by value (type and ``node_mask``), which makes a
+constrained process compare and hash by value too; a subclass with other parameters extends
+``_key``. ``sciffusion.likelihood.log_likelihood`` refuses constrained processes (its divergence
+is the ambient trace): pass the free coordinates as an unconstrained tensor state.
 """
 
 from __future__ import annotations

@@ -260,6 +260,10 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, method: str = "rk4", 
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
     p = denoiser.process
+    if getattr(p, "constrained", False):
+        raise ValueError("log_likelihood does not take a constrained process: its divergence is the ambient "
+                         "trace, not the trace on the constraint's subspace; pass the free coordinates as an "
+                         "unconstrained tensor state (as graph_sde's packed state does)")
     lo = float(p.t_min if t_min is None else t_min)
     hi = float(p.t_max if t_max is None else t_max)
     if not 0.0 <= lo < hi <= float(p.T) * (1 + 1e-12):

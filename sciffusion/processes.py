@@ -206,7 +206,12 @@ class Process:
         return hash(self._params())
 
     def _describe(self) -> str:
-        return f"{type(self).__name__}()"
+        return f"{type(self).__name__}({self._extra(**{k: None for k, _ in self._params()[1]})[2:]})"
+
+    def _extra(self, **defaults) -> str:
+        """``", name=value"`` for each attribute that differs from its default (so that a repr, and
+        a fingerprint built from it, shows every parameter that changes the process)."""
+        return "".join(f", {k}={getattr(self, k)!r}" for k, d in defaults.items() if getattr(self, k) != d)
 
     def __repr__(self) -> str:
         c = "" if self.constraint is None else f".constrain({self.constraint!r})"
@@ -255,7 +260,7 @@ class VP(Process):
         return self._t_of_log_alpha(-0.5 * F.softplus(-2 * lam))
 
     def _describe(self):
-        return f"VP(beta_min={self.beta_min}, beta_max={self.beta_max})"
+        return f"VP(beta_min={self.beta_min}, beta_max={self.beta_max}{self._extra(t_min=1e-3)})"
 
 
 class SubVP(VP):
@@ -276,7 +281,7 @@ class SubVP(VP):
         return self._t_of_log_alpha(log_a)
 
     def _describe(self):
-        return f"SubVP(beta_min={self.beta_min}, beta_max={self.beta_max})"
+        return f"SubVP(beta_min={self.beta_min}, beta_max={self.beta_max}{self._extra(t_min=1e-3)})"
 
 
 class VE(Process):
@@ -307,7 +312,7 @@ class VE(Process):
         return (-lam - math.log(self.sigma_min)) / self._log_ratio
 
     def _describe(self):
-        return f"VE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+        return f"VE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}{self._extra(t_min=0.0)})"
 
 
 class EDM(Process):
@@ -338,7 +343,7 @@ class EDM(Process):
         return torch.exp(-lam)
 
     def _describe(self):
-        return f"EDM(sigma_min={self.t_min}, sigma_max={self.t_max})"
+        return f"EDM(sigma_min={self.t_min}, sigma_max={self.t_max}{self._extra(sigma_data=0.5)})"
 
 
 class Linear(Process):
@@ -369,6 +374,9 @@ class Linear(Process):
 
     def _t_of_lambda(self, lam):
         return torch.sigmoid(-lam)
+
+    def _describe(self):
+        return f"Linear({self._extra(t_min=1e-3, t_max=1.0 - 1e-3)[2:]})"
 
 
 PROCESSES = {"vp": VP, "subvp": SubVP, "ve": VE, "edm": EDM, "linear": Linear}

@@ -125,6 +125,12 @@ def test_constrain_is_a_copy_and_processes_compare_by_value():
     assert VP().constrain(NodeMask(MASK)) == VP().constrain(NodeMask(MASK.clone()))
     assert VP() != VE() and len({VP(), VP(), VE()}) == 2
     assert "SymmetricAdjacency" in repr(p)
+    # a repr (which fingerprints use for objects) shows every parameter that changes the process
+    from sciffusion import EDM, Linear
+    for a, b in [(Linear(), Linear(t_max=0.9)), (EDM(), EDM(sigma_data=1.0)), (VP(), VP(t_min=1e-4)),
+                 (VE(), VE(t_min=0.1))]:
+        assert a != b and repr(a) != repr(b)
+    assert repr(VP()) == "VP(beta_min=0.1, beta_max=20.0)" and repr(Linear()) == "Linear()"
     j = JointProcess((VP(), VE()))
     jc = j.constrain((NodeMask(MASK), SymmetricAdjacency(MASK)))
     assert not j.constrained and jc.constrained and j == JointProcess((VP(), VE())) and j != jc
@@ -417,3 +423,13 @@ def test_unconstrained_results_are_unchanged(name):
         assert all(torch.equal(u, v) for u, v in zip(proc.perturb(x, 0.3, _gen(3)), q.perturb(x, 0.3, _gen(3))))
         assert torch.equal(proc.prior_sample((4, 3), _gen(4)), q.prior_sample((4, 3), _gen(4)))
         torch.testing.assert_close(proc.prior_logp(x), q.prior_logp(x), rtol=1e-14, atol=1e-12)
+
+
+def test_log_likelihood_refuses_a_constrained_process():
+    """The PF-ODE likelihood's divergence is the ambient trace, wrong on a subspace: refused."""
+    from sciffusion.likelihood import log_likelihood
+
+    p = VE().constrain(SymmetricAdjacency())
+    o = _graph_gauss(range(4), 0)
+    with pytest.raises(ValueError, match="constrained"):
+        log_likelihood(Denoiser(o.model(p), p), o.sample(2, _gen(0)))
