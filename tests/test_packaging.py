@@ -1,7 +1,7 @@
 """The built wheel maps the folder ``domains/`` to ``sciffusion.domains`` and carries every domain.
 
 With a non-editable install, running Python from the repository root lets the source folder
-``sciffusion/`` shadow the installed package (DESIGN.md); so the wheel is built, unpacked into a
+``sciffusion/`` shadow the installed package (docs/ARCHITECTURE.md); so the wheel is built, unpacked into a
 scratch directory, and imported from a different working directory, with the repository off the path.
 """
 
