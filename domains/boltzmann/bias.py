@@ -21,7 +21,7 @@ All quantities are in the unit of ``kT`` (``kT = 1``: everything in kT).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

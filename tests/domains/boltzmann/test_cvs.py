@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sciffusion.domains.boltzmann.cvs import (
-    CV, Coordination, CVSet, Dihedral, Distance, dihedral_angle, phi_psi_alanine)
+    CV, Coordination, CVSet, Dihedral, Distance, phi_psi_alanine)
 
 
 def test_dihedral_closed_form_sign():
