@@ -13,8 +13,10 @@ always has (tested bit for bit). With ``R > 1`` ranks:
   hyper-parameters, ``steps``, checkpointing) and all raise the same ``ValueError`` naming the
   settings that differ; every later check is then a function of agreed inputs, so it passes or
   fails on every rank alike (no rank is left waiting in a collective);
-* tensor data (the same full data set on every rank) is split into ``R`` disjoint shards by a
-  permutation seeded from ``seed`` (rank ``r`` holds rows ``perm[r::R]``); each rank draws its
+* every rank passes the same ``data`` (the full tensor data set, or the same callable; a rank
+  given other rows, or none, fails the agreement above); tensor data is split into ``R``
+  disjoint shards by a permutation seeded from ``seed`` (rank ``r`` holds rows ``perm[r::R]``);
+  each rank draws its
   minibatches of ``batch_size`` rows (per rank: the global batch is ``R * batch_size``) from its
   shard with its own generator, seeded from ``(seed, r)`` (:func:`derive_seed`). Data given as
   a callable ``(batch_size, generator)`` is called with the rank's generator;

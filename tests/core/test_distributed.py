@@ -153,6 +153,8 @@ def _worker(out: Path) -> None:
     got["err_groups"] = _catch(lambda: fkc_sharded(sample_fkc, _fkc_target(), (3, 2), num_particles=4, seed=SEED,
                                                    **_FKC_KW))
     got["err_empty"] = _catch(lambda: fit(model, _mse, (data[0][:1], data[1][:1]), steps=2, **_FIT_KW))
+    got["err_rank_empty"] = _catch(lambda: fit(model, _mse, data if r == 0 else (data[0][:0], data[1][:0]), steps=2,
+                                               **_FIT_KW))
     got["err_lr"] = _catch(lambda: fit(model, _mse, data, steps=2, **{**_FIT_KW, "lr": 0.05 * (1 + r)}))
     got["err_n"] = _catch(lambda: sample_sharded(_draw, 10 + r, seed=SEED, chunk_size=3))
     got["err_few"] = _catch(lambda: sample_sharded(_draw, 2, seed=SEED, chunk_size=3))
@@ -331,14 +333,16 @@ def test_sharded_fkc_matches_one_process(ranks, one_thread):
 
 
 def test_bad_input_fails_on_every_rank(ranks):
-    """A world size that does not divide the SMC chunks, an empty data shard, a setting that
-    differs across ranks, too few chunks for the ranks, and a sampler failing on one rank: each
-    raises on both ranks with a message naming the problem, and the group survives (barrier)."""
+    """A world size that does not divide the SMC chunks, an empty data shard (1 row for 2 ranks, or
+    one rank given no rows), a setting that differs across ranks, too few chunks for the ranks, and
+    a sampler failing on one rank: each raises on both ranks with a message naming the problem, and
+    the group survives (barrier)."""
     _, (r0, r1) = ranks
     for rr in (r0, r1):
         assert rr["finished"]
         assert rr["err_groups"].startswith("ValueError") and "world size 2 does not divide" in rr["err_groups"]
         assert rr["err_empty"].startswith("ValueError") and "empty shard" in rr["err_empty"]
+        assert rr["err_rank_empty"].startswith("ValueError") and "differ across ranks: data" in rr["err_rank_empty"]
         assert rr["err_lr"].startswith("ValueError") and "settings differ across ranks: lr" in rr["err_lr"]
         assert rr["err_n"].startswith("ValueError") and "num_samples" in rr["err_n"]
         assert rr["err_few"].startswith("ValueError") and "would draw nothing" in rr["err_few"]
