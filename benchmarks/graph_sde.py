@@ -180,12 +180,22 @@ def qed_tilt(model, args, train_smiles) -> dict:
         gen = torch.Generator().manual_seed(7)
         sizes = model.draw_num_nodes(args.fkc_groups, torch.Generator().manual_seed(3))
 
+        last = {"on": args.fkc_steps == 1}
+
+        def on_step(i, t_next, x, state):
+            # FKC evaluates the reward once per step at the step's start; only the last step's value
+            # enters the weights (beta_t = 0 before it), so QED is computed for that step alone
+            last["on"] = i + 1 >= args.fkc_steps - 1
+
         def reward(state):
             x, adj = state
+            zero = 0.0 * (x.sum((1, 2)) + adj.sum((1, 2)))  # keeps autograd's graph; zero gradient
+            if not last["on"]:
+                return zero.double()
             mask = node_mask_from_state(x, adj)  # padded nodes are exactly zero in every state
             # QED of the quantised graph is piecewise constant in the state: zero gradient almost
-            # everywhere, so the tilt acts through the weights alone (0 * sum keeps autograd's graph)
-            return qed_of(x, adj, mask) + 0.0 * (x.sum((1, 2)) + adj.sum((1, 2)))
+            # everywhere, so the tilt acts through the weights alone
+            return qed_of(x, adj, mask) + zero
 
         t0 = time.perf_counter()
         t_end = float(model.process.t_min)
@@ -195,7 +205,8 @@ def qed_tilt(model, args, train_smiles) -> dict:
         # before the data end, i.e. importance resampling of that state, exact for its tilt.
         graphs, fk = model.sample_tilted(args.fkc_groups, reward, scale, num_particles=args.fkc_particles,
                                          num_steps=args.fkc_steps, num_nodes=sizes, generator=gen,
-                                         reward_schedule=lambda t: scale if float(t) <= t_end + 1e-12 else 0.0)
+                                         reward_schedule=lambda t: scale if float(t) <= t_end + 1e-12 else 0.0,
+                                         callback=on_step)
         m = metrics.molecule_metrics(graphs, train_smiles, atom_types=atoms, fcd=False, nspdk=False)
         q = [QED.qed(mm) for mm in model.to_molecules(graphs, correct=False) if mm is not None]
         qc = [QED.qed(mm) for mm in model.to_molecules(graphs, correct=True) if mm is not None]
