@@ -3,7 +3,7 @@ r"""Energies in kT, one interface for analytic torch potentials and any OpenMM `
 Every energy answers the same two questions for a batch of configurations ``x`` of shape
 ``(B, *event_shape)``:
 
-* ``energy(x)`` / ``energy(x)`` called: the *reduced* energy :math:`u(x) = E(x)/k_BT`, shape ``(B,)``,
+* ``energy(x)``: the *reduced* energy :math:`u(x) = E(x)/k_BT`, shape ``(B,)``,
   float64, so the Boltzmann density is :math:`p(x) \propto e^{-u(x)}`;
 * ``energy.energy_and_forces(x)``: ``(u, f)`` with :math:`f = -\nabla_x u` (reduced, per unit
   length of ``x``), shape like ``x``.

@@ -234,3 +234,30 @@ def test_from_pdb_units_and_energy():
     ctx.setPositions(pdb.positions)
     e = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
     assert energy(torch.from_numpy(pos[None])).item() == pytest.approx(e / energy.kT, rel=1e-9)
+
+
+def test_lj13_icosahedral_global_minimum():
+    """Relaxing an icosahedron reaches the LJ-13 global minimum -44.326801 epsilon (Wales & Doye
+    1997, Cambridge Cluster Database; the 12-6 potential written with its minimum at r_m)."""
+    phi = (1 + 5 ** 0.5) / 2
+    v = []
+    for s1 in (1, -1):
+        for s2 in (1, -1):
+            v += [(0, s1, s2 * phi), (s1, s2 * phi, 0), (s2 * phi, 0, s1)]
+    v = torch.tensor(v, dtype=torch.float64)
+    v = v / v.norm(dim=-1, keepdim=True)
+    x = torch.cat([torch.zeros(1, 3, dtype=torch.float64), 0.96 * v])[None].requires_grad_(True)
+    lj = LennardJones(13, 3, k_com=0.0)
+    opt = torch.optim.LBFGS([x], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        e = lj.potential(x).sum()
+        e.backward()
+        return e
+
+    opt.step(closure)
+    # the database quotes 6 decimals
+    assert lj.potential(x.detach()).item() == pytest.approx(-44.326801, abs=2e-6)
+    assert lj.forces(x.detach()).abs().max() < 1e-6
