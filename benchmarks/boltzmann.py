@@ -159,6 +159,13 @@ def alanine_sampler(args):
     basin_a, basin_b = BASIN_A, BASIN_B
     out = {"budget": {"sampler_iterations": args.alanine_iterations, "samples_per_iteration": 128}}
     spec = build_system("alanine-dipeptide-vacuum", ["phi", "psi"])
+    if args.alanine_sigma_max is not None:  # the base process's reach, nm (default: the system's 0.03)
+        from sciffusion.processes import VE
+
+        proc = VE(1e-3, args.alanine_sigma_max)
+        c = getattr(spec.sampler_kwargs["process"], "constraint", None)
+        spec.sampler_kwargs["process"] = proc.constrain(c) if c is not None else proc
+        out["budget"]["sigma_max_nm"] = args.alanine_sigma_max
     n_it = args.alanine_iterations
     rounds = 8
     per_round = max(1, (n_it // 2) // rounds)
@@ -193,6 +200,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--metad-steps", type=int, default=1_500_000, help="2 fs steps (1.5e6 = 3 ns)")
     p.add_argument("--alanine-iterations", type=int, default=400)
+    p.add_argument("--alanine-sigma-max", type=float, default=None, help="nm; default the system's 0.03")
+    p.add_argument("--tag", default="", help="suffix of the JSON file name")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -208,7 +217,7 @@ def main(argv=None):
         result = {"alanine_vacuum": alanine_sampler(args)}
     result["meta"] = dict(meta, wall_s=round(time.perf_counter() - t0, 1))
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"boltzmann_{args.part}.json"
+    path = RESULTS / f"boltzmann_{args.part}{args.tag}.json"
     path.write_text(json.dumps(result, indent=1, default=float))
     print(f"wrote {path} ({result['meta']['wall_s']} s)")
 
