@@ -219,6 +219,27 @@ def test_one_process_has_no_hook():
     assert distributed.fit_hook(model=torch.nn.Linear(1, 1), data=torch.zeros(4, 1), batch_size=2, seed=0) is None
 
 
+def test_one_process_fit_touches_no_collective(monkeypatch, tmp_path):
+    """With one process fit never reaches torch.distributed or DDP (every entry point is made to
+    raise), so it runs the code it ran before the hook; a checkpointed run still resumes bit for bit."""
+    import torch.distributed as dist
+
+    def boom(*a, **k):
+        raise AssertionError("a collective was called on one process")
+
+    for name in ("all_gather_object", "gather_object", "all_reduce", "barrier", "init_process_group"):
+        monkeypatch.setattr(dist, name, boom)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", boom)
+    model, data, loss = _dsm()
+    ref = fit(model, loss, data, steps=6, batch_size=4, seed=3, progress=False)
+    model, data, loss = _dsm()
+    fit(model, loss, data, steps=3, batch_size=4, seed=3, progress=False, checkpoint=tmp_path / "a.pt")
+    model, data, loss = _dsm()
+    res = fit(model, loss, data, steps=6, batch_size=4, seed=3, progress=False, checkpoint=tmp_path / "a.pt")
+    assert res.losses == ref.losses and all(torch.equal(res.model.state_dict()[k], v)
+                                            for k, v in ref.model.state_dict().items())
+
+
 def test_seeds_and_shards_are_disjoint_and_reproducible():
     """derive_seed is a pure function whose streams differ by key; the data shards of 2 (and 3)
     ranks are disjoint, cover every row once, and depend on the seed only."""
