@@ -13,7 +13,8 @@ snapshots on the reference's transition cost, (ii) reference bridges through cou
 (iii) a maximum-likelihood refit of the reference (Shen, Berlinghieri, Broderick).
 
 Here: a predator–prey (Lotka–Volterra) system, observed at t = 0, 2, 4, 6, 8; t = 1, 3, 5, 7 held out."""),
-    ("code", """import tempfile, pathlib
+    ("code", """%matplotlib inline
+import tempfile, pathlib
 import torch
 from sciffusion.domains.schrodinger_bridge import (LotkaVolterra, Brownian, as_snapshots, fit_bridge,
                                                    fit_drift, write_csv, read_csv, to_anndata)
@@ -44,9 +45,11 @@ pred, pred_v = res.predict(held, generator=g), vanilla.predict(held, generator=g
 for t, p, pv in zip(held, pred, pred_v):
     floor = w1_exact(P[:, int(t)], Q[:, int(t)])
     print(f"t={t:g}: refined {w1_exact(p, Q[:, int(t)]) / floor:.2f}x floor, vanilla SB {w1_exact(pv, Q[:, int(t)]) / floor:.2f}x floor")"""),
-    ("code", """plot_snapshots(train, dict(zip(held, pred)));"""),
-    ("code", """plot_trajectories(res.ts, res.paths, train);"""),
-    ("code", """plot_vector_field(res.reference.drift, train, title="fitted Lotka-Volterra drift");"""),
+    ("code", """labels = ["prey", "predator"]
+plot_snapshots(train, dict(zip(held, pred)), held_out={1.0: Q[:, 1], 5.0: Q[:, 5]}, labels=labels,
+               title="Lotka-Volterra: observed (dots) and predicted (x)");"""),
+    ("code", """plot_trajectories(res.ts, res.paths, train, labels=labels, title="Lotka-Volterra bridge trajectories");"""),
+    ("code", """plot_vector_field(res.reference.drift, train, labels=labels, title="fitted Lotka-Volterra drift");"""),
     ("md", """## A drift/score network by bridge matching: simulate forward and backward
 
 Trained on bridges through the final coupling; here a short run."""),
