@@ -126,9 +126,12 @@ def _worker(out: Path) -> None:
     model, data, loss = _dsm()
     fit(model, loss, data, steps=3, batch_size=4, seed=3, progress=False, checkpoint=ck, checkpoint_every=2)
     model, data, loss = _dsm()
-    resumed = fit(model, loss, data, steps=6, batch_size=4, seed=3, progress=False, checkpoint=ck)
+    calls = []
+    resumed = fit(model, lambda m, x, g: (calls.append(1), loss(m, x, g))[1], data, steps=6, batch_size=4, seed=3,
+                  progress=False, checkpoint=ck)
     got["resume"] = dict(full=(full.model.state_dict(), full.ema.state_dict(), full.losses),
-                         resumed=(resumed.model.state_dict(), resumed.ema.state_dict(), resumed.losses))
+                         resumed=(resumed.model.state_dict(), resumed.ema.state_dict(), resumed.losses),
+                         resumed_steps=len(calls))
 
     # a fit on rank 0 alone inside the group (local_only): no collective, the one-process result
     if r == 0:
@@ -286,13 +289,14 @@ def test_local_only_fit_on_one_rank_is_the_one_process_fit(ranks, one_thread):
 
 
 def test_resumed_two_rank_run_is_bit_identical(ranks):
-    """Checkpoint at step 3 (written by rank 0), resume to 6 on both ranks: model, EMA and losses
-    equal the uninterrupted run's exactly; both ranks hold the same model."""
+    """Checkpoint at step 3 (written by rank 0), resume to 6 on both ranks (3 steps taken, not 6):
+    model, EMA and losses equal the uninterrupted run's exactly; both ranks hold the same model."""
     out, (r0, r1) = ranks
     for rr in (r0, r1):
         (mf, ef, lf), (mr, er, lr) = rr["resume"]["full"], rr["resume"]["resumed"]
         assert all(torch.equal(mf[k], mr[k]) and torch.equal(ef[k], er[k]) for k in mf)
         assert lf == lr and len(lf) == 6
+        assert rr["resume"]["resumed_steps"] == 3  # it resumed at step 3 rather than retraining
     assert all(torch.equal(r0["resume"]["full"][0][k], r1["resume"]["full"][0][k]) for k in r0["resume"]["full"][0])
     state = torch.load(out / "fit.pt", weights_only=False)
     assert state["world_size"] == 2 and len(state["generator"]) == 2 and state["step"] == 6
