@@ -21,8 +21,8 @@ Baselines at the same model cost: **best-of-N** and **SMC** towards $p_\theta(x)
 Here the base model is the *exact* Markov-chain oracle of `sciffusion.domains.discrete`
 (4 letters, a first-order chain), so everything runs in seconds and the tilted law can be
 enumerated exactly."""),
-    nbf.v4.new_code_cell("""import torch, matplotlib
-matplotlib.use("Agg")
+    nbf.v4.new_code_cell("""%matplotlib inline
+import torch
 import matplotlib.pyplot as plt
 from sciffusion.domains.discrete import MarkovChainOracle, MaskedProcess
 from sciffusion.domains.sequence_design import (DNA, HammingMotifCount, PWMScore, GCContent, sample_svdd,
