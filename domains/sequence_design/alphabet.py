@@ -135,7 +135,8 @@ def read_fasta(path: str | os.PathLike, alphabet: str | Alphabet = "dna", *,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"FASTA file {str(path)!r} does not exist")
-    recs = list(_seqio().parse(str(path), "fasta"))
+    with open(path) as fh:  # our handle, closed here (SeqIO leaves a path's handle to the collector)
+        recs = list(_seqio().parse(fh, "fasta"))
     if not recs:
         raise ValueError(f"{path}: no FASTA records found")
     names, seqs = [r.id or f"#{i}" for i, r in enumerate(recs)], [str(r.seq) for r in recs]

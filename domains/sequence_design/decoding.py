@@ -315,10 +315,12 @@ def sample_smc(model, process: MaskedProcess, reward, shape, num_steps: int = 64
 
     if not (isinstance(lam, (int, float)) and math.isfinite(lam)):
         raise ValueError(f"lam must be a finite number, got {lam!r}")
+    if not isinstance(process, MaskedProcess):
+        raise TypeError(f"process must be a MaskedProcess, got {type(process).__name__}")
     reward = as_reward(reward)
     c0, e0 = reward.calls, reward.evaluations
-    f = _Counted(model, process.vocab_size if isinstance(process, MaskedProcess) else -1)
-    m = getattr(process, "mask_id", None)
+    f = _Counted(model, process.vocab_size)
+    m = process.mask_id
     last = {}
 
     def phi(x, logp):
