@@ -46,6 +46,8 @@ sampler, ``dsm_loss`` or ``perturb``. A mask's batch size must equal the state's
 * every sampler projects its starting state, draws its noise through ``noise_like`` and projects
   the state after every step (exact no-op on :math:`V` for symmetry and masks; it removes the
   round-off drift of the centre of mass).
+* :func:`~sciffusion.likelihood.log_likelihood` (tensor states) integrates the divergence on the
+  subspace and uses the constrained prior (density in the noise law's coordinates).
 * an unconstrained process (``constraint is None``, the default) takes none of these branches:
   its results are bit-identical to those of a process that never heard of constraints (tested).
 
@@ -74,8 +76,9 @@ the constraint's ``noise``:
 A new constraint subclasses :class:`Constraint` and implements the four methods; nothing else in
 the core changes. Constraints compare by value (type and ``node_mask``), which makes a
 constrained process compare and hash by value too; a subclass with other parameters extends
-``_key``. ``sciffusion.likelihood.log_likelihood`` refuses constrained processes (its divergence
-is the ambient trace): pass the free coordinates as an unconstrained tensor state.
+``_key``. ``sciffusion.likelihood.log_likelihood`` takes constrained tensor states: it takes the
+divergence on the subspace (which needs ``project`` to be the orthogonal projection, as it is for
+the three built-in constraints) and returns the density in the noise law's coordinates.
 """
 
 from __future__ import annotations

@@ -78,10 +78,15 @@ def bits_per_dim(logp: torch.Tensor, dim: int, bin_width: float | None = None) -
 
     Args:
         logp: log-density in nats, any shape.
-        dim: number of dimensions ``d`` per sample.
+        dim: number of dimensions ``d`` per sample: an int, or a tensor broadcastable against
+            ``logp`` (per-sample degrees of freedom of a constrained state).
         bin_width: quantisation bin width :math:`\\Delta`, or ``None``.
     """
-    if not isinstance(dim, int) or dim < 1:
+    if isinstance(dim, torch.Tensor) and not isinstance(dim, bool):
+        if dim.numel() == 0 or not bool((dim >= 1).all()):
+            raise ValueError(f"dim must be positive, got {dim}")
+        dim = dim.to(torch.float64)
+    elif not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be a positive int, got {dim!r}")
     offset = 0.0
     if bin_width is not None:
@@ -99,14 +104,28 @@ def _probes(shape, num_probes, noise, generator, device):
     return torch.randint(0, 2, full, generator=generator, device=device).to(torch.float64) * 2 - 1
 
 
-def _make_rhs(denoiser: Denoiser, probes, model_dtype) -> Callable:
-    """``rhs(t, x) -> (v, div v)`` in float64; ``probes=None`` for the exact trace."""
+def _make_rhs(denoiser: Denoiser, probes, model_dtype, project=None) -> Callable:
+    """``rhs(t, x) -> (v, div v)`` in float64; ``probes=None`` for the exact trace. With ``project``
+    (the orthogonal projection P of a constrained process) the exact trace is the trace on the
+    subspace, :math:`\\mathrm{tr}(PJP) = \\sum_i (Pe_i)^\\top J (Pe_i)`."""
 
     def rhs(t, x):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             v = denoiser.velocity(xg.to(model_dtype), t).to(torch.float64)
-            if probes is None:
+            if probes is None and project is not None:
+                D = x[0].numel()
+                div = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+                eye = torch.zeros((D,) + tuple(x.shape[1:]), dtype=torch.float64, device=x.device)
+                eye.view(D, D).copy_(torch.eye(D, dtype=torch.float64, device=x.device))
+                for i in range(D):
+                    u = project(eye[i].expand(x.shape).contiguous())
+                    if not bool(u.any()):
+                        continue  # a direction wholly outside the subspace (a diagonal entry)
+                    (g,) = torch.autograd.grad((v * u).sum(), xg, retain_graph=True, allow_unused=True)
+                    if g is not None:
+                        div = div + (g * u).flatten(1).sum(1)
+            elif probes is None:
                 vf = v.flatten(1)
                 d = vf.shape[1]
                 div = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
@@ -213,6 +232,14 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, method: str = "rk4", 
       unless ``prior_logp`` is given; the error is :math:`\\log p_{t_{max}}(x_T) - \\log\\pi(x_T)`
       (for VP with :math:`\\beta_{max}=20`, :math:`\\alpha_{t_{max}}\\approx 6.6\\cdot10^{-3}`, tiny).
 
+    With a constrained process (:mod:`sciffusion.constraints`) ``x`` is projected onto the
+    subspace, the divergence is the trace on it (exact: :math:`\\mathrm{tr}(PJP)` over the projected
+    unit vectors; Hutchinson: projected probes, :math:`\\mathbb E[zz^\\top] = P`), the prior is the
+    constrained one and ``bpd`` divides by the per-sample ``dof``: ``logp`` is the density on the
+    subspace in the coordinates of the constraint's noise law (edge variables :math:`u_{ij}, i<j`
+    of an adjacency; orthonormal coordinates for a zero centre of mass). This needs ``project`` to
+    be the orthogonal projection, as it is for the built-in constraints.
+
     Args:
         denoiser: a :class:`~sciffusion.denoisers.Denoiser` (any parameterization) whose model is
             differentiable in ``x`` and treats batch rows independently (no batch norm).
@@ -260,10 +287,6 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, method: str = "rk4", 
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
     p = denoiser.process
-    if getattr(p, "constrained", False):
-        raise ValueError("log_likelihood does not take a constrained process: its divergence is the ambient "
-                         "trace, not the trace on the constraint's subspace; pass the free coordinates as an "
-                         "unconstrained tensor state (as graph_sde's packed state does)")
     lo = float(p.t_min if t_min is None else t_min)
     hi = float(p.t_max if t_max is None else t_max)
     if not 0.0 <= lo < hi <= float(p.T) * (1 + 1e-12):
@@ -274,11 +297,17 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, method: str = "rk4", 
     d = x[0].numel()
     use_exact = trace == "exact" or (trace == "auto" and d <= exact_max_dim)
     x64 = x.detach().to(torch.float64)
+    project = p.project if getattr(p, "constrained", False) else None
+    if project is not None:
+        x64 = project(x64)
+        dof = p.constraint.dof(x64).to(device=x.device)
     probes = None if use_exact else _probes(x.shape, num_probes, noise, generator, x.device)
+    if probes is not None and project is not None:
+        probes = torch.stack([project(z) for z in probes])  # E[z z^T] = P: the trace on the subspace
     if model_dtype is None:
         params = list(denoiser.model.parameters()) if isinstance(denoiser.model, torch.nn.Module) else []
         model_dtype = params[0].dtype if params else x.dtype
-    rhs = _make_rhs(denoiser, probes, model_dtype)
+    rhs = _make_rhs(denoiser, probes, model_dtype, project)
     _check_differentiable(denoiser, x64, lo, model_dtype)
     nfe0 = denoiser.nfe
     if method == "dopri5":
@@ -291,7 +320,8 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, method: str = "rk4", 
     if prior.shape[0] != x.shape[0] or not torch.isfinite(prior).all():
         raise ValueError(f"prior_logp must return {x.shape[0]} finite values, got shape {tuple(prior.shape)}")
     logp = prior + delta
-    return LikelihoodResult(logp=logp, bpd=bits_per_dim(logp, d, bin_width), prior_logp=prior,
+    return LikelihoodResult(logp=logp, bpd=bits_per_dim(logp, d if project is None else dof, bin_width),
+                            prior_logp=prior,
                             delta_logp=delta, x_T=x_T.to(x.dtype), nfe=denoiser.nfe - nfe0)
 
 
