@@ -72,12 +72,16 @@ class WellTemperedBias:
     The bias is stored on a regular grid (``bins[d]`` nodes per CV): a periodic CV's nodes are
     ``lower + i L / bins`` (``i < bins``, the period ``L = upper - lower`` wraps), a
     non-periodic CV's nodes span ``[lower, upper]`` inclusive. Each hill is added to every node
-    exactly (minimum-image distance for periodic CVs). Evaluation is **multilinear
-    interpolation of the grid**, written in torch, so ``V`` is differentiable with respect to the
-    CV values (a piecewise-linear ``V``; its gradient is piecewise constant, off the exact hill
-    sum by :math:`O(h^2/\sigma^2)` with ``h`` the grid spacing -- keep ``sigma`` >= 2 cells).
-    ``mode="hills"`` evaluates the exact hill sum instead (smooth, cost linear in the number of
-    hills). Outside a non-periodic range the grid value at the edge is used (zero gradient).
+    exactly (minimum-image distance for periodic CVs), and so is its exact gradient
+    :math:`\partial V/\partial s_d` (one more grid per CV, as PLUMED stores derivatives on its
+    grids). Evaluation (``mode="grid"``) is **multilinear interpolation**: ``V`` is interpolated
+    from the value grid and :math:`\nabla_s V`, which torch's autograd returns, from the gradient
+    grids, so the force on the CVs is continuous and within :math:`O(h^2/\sigma^2)` of the exact
+    hill sum (``h`` the spacing; keep ``sigma`` >= 2 cells) rather than the piecewise-constant
+    slope of the interpolated values. (First derivatives only: no double backward through the
+    bias.) ``mode="hills"`` evaluates the exact hill sum instead (smooth, all derivatives, cost
+    linear in the number of hills). Outside a non-periodic range the edge value is used and the
+    gradient is zero.
 
     Args:
         cvs_or_dim: number of CVs, or a CV set with ``.periodic`` (and ``.names``), e.g.
@@ -145,6 +149,7 @@ class WellTemperedBias:
         self.mode = mode
         self.frozen = False
         self.grid = torch.zeros(self.bins, dtype=torch.float64)
+        self.grad_grid = torch.zeros([k] + self.bins, dtype=torch.float64)
         self.centers = torch.zeros(0, k, dtype=torch.float64)
         self.heights = torch.zeros(0, dtype=torch.float64)
 
@@ -226,6 +231,7 @@ class WellTemperedBias:
             idx0.append(i0)
             frac.append(t - i0.to(t.dtype))
         out = 0
+        grad = torch.zeros(s.shape[0], self.k, dtype=torch.float64, device=s.device)
         for corner in range(2 ** self.k):
             w = 1
             index = []
@@ -237,7 +243,15 @@ class WellTemperedBias:
                 index.append(i)
                 w = w * (frac[d] if bit else 1 - frac[d])
             out = out + w * self.grid[tuple(index)]
-        return out
+            grad = grad + w.detach()[:, None] * self.grad_grid[(slice(None),) + tuple(index)].T
+        if not s.requires_grad:
+            return out.detach()
+        for d in range(self.k):
+            if not self.periodic[d]:
+                inside = (s64[:, d] >= float(self.lower[d])) & (s64[:, d] <= float(self.upper[d]))
+                grad[:, d] = torch.where(inside.detach(), grad[:, d], torch.zeros_like(grad[:, d]))
+        # value from the value grid, gradient from the gradient grids (first order only)
+        return out.detach() + ((s64 - s64.detach()) * grad).sum(-1)
 
     # -- deposition ---------------------------------------------------------------------------
     def hill_heights(self, cv_values: torch.Tensor) -> torch.Tensor:
@@ -273,9 +287,24 @@ class WellTemperedBias:
         letters = "ijklmnopqr"[: self.k]
         expr = "b," + ",".join(f"b{c}" for c in letters) + "->" + letters
         self.grid += torch.einsum(expr, heights, *gauss)
+        for d in range(self.k):
+            dg = -self._delta(pts[d][None, :], s[:, d:d + 1], d) / self.sigma[d] ** 2 * gauss[d]
+            self.grad_grid[d] += torch.einsum(expr, heights, *[dg if e == d else g for e, g in enumerate(gauss)])
         self.centers = torch.cat([self.centers, s])
         self.heights = torch.cat([self.heights, heights])
         return heights
+
+    def _rebuild_grad_grid(self, centers, heights):
+        pts = self.grid_points()
+        letters = "ijklmnopqr"[: self.k]
+        expr = "b," + ",".join(f"b{c}" for c in letters) + "->" + letters
+        c = centers.to(torch.float64)
+        gauss = [torch.exp(-0.5 * (self._delta(pts[d][None, :], c[:, d:d + 1], d) / self.sigma[d]) ** 2)
+                 for d in range(self.k)]
+        for d in range(self.k):
+            dg = -self._delta(pts[d][None, :], c[:, d:d + 1], d) / self.sigma[d] ** 2 * gauss[d]
+            self.grad_grid[d] += torch.einsum(expr, heights.to(torch.float64),
+                                              *[dg if e == d else g for e, g in enumerate(gauss)])
 
     def freeze(self) -> "WellTemperedBias":
         """Stop deposition (the final stage samples a fixed biased target); returns self."""
@@ -306,7 +335,7 @@ class WellTemperedBias:
                 "lower": self.lower.clone(), "upper": self.upper.clone(), "bins": list(self.bins),
                 "sigma": self.sigma.clone(), "height": self.height, "gamma": self.gamma,
                 "kT": self.kT, "mode": self.mode, "frozen": self.frozen,
-                "grid": self.grid.clone(), "centers": self.centers.clone(),
+                "grid": self.grid.clone(), "grad_grid": self.grad_grid.clone(), "centers": self.centers.clone(),
                 "heights": self.heights.clone()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -320,6 +349,11 @@ class WellTemperedBias:
         self.height, self.gamma, self.kT = float(state["height"]), float(state["gamma"]), float(state["kT"])
         self.mode, self.frozen = state["mode"], bool(state["frozen"])
         self.grid = state["grid"].clone()
+        if "grad_grid" in state:
+            self.grad_grid = state["grad_grid"].clone()
+        else:  # a state saved before gradient grids existed: rebuild them from the hills
+            self.grad_grid = torch.zeros([self.k] + self.bins, dtype=torch.float64)
+            self._rebuild_grad_grid(state["centers"], state["heights"])
         self.centers, self.heights = state["centers"].clone(), state["heights"].clone()
 
     @classmethod

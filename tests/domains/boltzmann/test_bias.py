@@ -49,6 +49,14 @@ def test_periodic_hill_wraps_across_pi():
     assert v[0].item() == pytest.approx(v[1].item(), abs=2e-3)  # interpolation, h = 0.087
     # linear interpolation error <= h^2/8 max|V''| = 0.0873^2/8 / 0.3^2 = 0.0106
     assert v[0].item() == pytest.approx(math.exp(-0.5 * (0.1 / 0.3) ** 2), abs=0.011)
+    # the gradient across the wrap: the hill at pi - 0.05 pushes s = -pi + 0.05 to larger s
+    bh = WellTemperedBias.from_state_dict({**b.state_dict(), "mode": "hills"})
+    sg = torch.tensor([[-math.pi + 0.05], [3.0], [-3.0]], dtype=torch.float64, requires_grad=True)
+    (g_grid,) = torch.autograd.grad(b(sg).sum(), sg)
+    (g_hill,) = torch.autograd.grad(bh(sg).sum(), sg)
+    assert g_hill[0, 0] < -0.9
+    # h^2/8 max|V'''| = 0.0873^2/8 * ~1.5/0.3^3 = 0.05
+    torch.testing.assert_close(g_grid, g_hill, atol=0.05, rtol=0)
     # periodicity of the evaluation itself
     s = torch.tensor([[0.3]], dtype=torch.float64)
     torch.testing.assert_close(b(s + 2 * math.pi), b(s))
@@ -64,17 +72,35 @@ def test_differentiable_and_free_energy():
     b.deposit(torch.tensor([[0.0, 0.0], [0.5, -0.5]]))
     s = torch.tensor([[0.12, 0.31]], dtype=torch.float64, requires_grad=True)
     (g,) = torch.autograd.grad(b(s).sum(), s)
-    # exact gradient of the hill sum; piecewise-linear interpolation gets it to O(h) = 0.05 cells
     c = torch.tensor([[0.0, 0.0], [0.5, -0.5]], dtype=torch.float64)
     diff = s.detach() - c
     gex = (-(diff / 0.09) * (0.5 * torch.exp(-0.5 * (diff ** 2).sum(-1) / 0.09))[:, None]).sum(0)
-    torch.testing.assert_close(g[0], gex, atol=0.05, rtol=0)
+    # interpolated exact-gradient grids: error <= h^2/8 max|V'''| ~ 0.05^2/8 * 26 = 0.008
+    torch.testing.assert_close(g[0], gex, atol=0.01, rtol=0)
+    # the same against the exact hill sum at 200 random points
+    bh = WellTemperedBias.from_state_dict({**b.state_dict(), "mode": "hills"})
+    r = torch.rand(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2.4 - 1.2
+    r.requires_grad_(True)
+    (g_grid,) = torch.autograd.grad(b(r).sum(), r)
+    (g_hill,) = torch.autograd.grad(bh(r).sum(), r)
+    assert (g_grid - g_hill).abs().max() < 0.01
+    # values: linear interpolation error <= h^2/8 max|V''| = 0.05^2/8 * 0.5/0.09 = 0.0017, x2 hills
+    assert (b(r.detach()) - bh(r.detach())).abs().max() < 0.004
+    # outside a non-periodic range: the edge value and zero gradient along that CV
+    out = torch.tensor([[3.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    (g_out,) = torch.autograd.grad(b(out).sum(), out)
+    assert g_out[0, 0] == 0
     pts, f = b.free_energy()
     assert f.shape == (81, 81) and f.min().item() == 0.0
     torch.testing.assert_close(f, -(4.0 / 3.0) * b.grid - (-(4.0 / 3.0) * b.grid).min())
     # state dict round trip
     b2 = WellTemperedBias.from_state_dict(b.state_dict())
     torch.testing.assert_close(b2(s.detach()), b(s.detach()))
+    # a state saved without gradient grids rebuilds them from the hills
+    st = b.state_dict()
+    del st["grad_grid"]
+    b3 = WellTemperedBias.from_state_dict(st)
+    torch.testing.assert_close(b3.grad_grid, b.grad_grid, atol=1e-12, rtol=0)
     b.freeze()
     with pytest.raises(RuntimeError, match="frozen"):
         b.deposit(torch.zeros(1, 2))
