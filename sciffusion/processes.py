@@ -25,11 +25,32 @@ import copy
 import math
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .constraints import Constraint
 from .utils import as_time, bcast, tree_map, tree_unzip
+
+
+def _by_value(v: Any) -> Any:
+    """A hashable stand-in for a parameter value that compares by value (tensors and arrays by
+    dtype, shape and bytes; containers element-wise)."""
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu().numpy()
+    if isinstance(v, np.generic) or (isinstance(v, np.ndarray) and v.ndim == 0):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return ("array", str(v.dtype), tuple(v.shape), v.tobytes())
+    if isinstance(v, (list, tuple)):
+        return tuple(_by_value(u) for u in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _by_value(u)) for k, u in v.items()))
+    try:
+        hash(v)
+    except TypeError:
+        return repr(v)
+    return v
 
 
 class Process:
@@ -196,7 +217,8 @@ class Process:
     # --- comparison by value ---
     def _params(self) -> tuple:
         """The parameters that define the process: public attributes, sorted, and the constraint."""
-        items = tuple(sorted((k, v) for k, v in vars(self).items() if not k.startswith("_") and k != "constraint"))
+        items = tuple(sorted((k, _by_value(v)) for k, v in vars(self).items()
+                             if not k.startswith("_") and k != "constraint"))
         return (type(self), items, self.constraint)
 
     def __eq__(self, other: object) -> bool:

@@ -131,6 +131,14 @@ def test_constrain_is_a_copy_and_processes_compare_by_value():
                  (VE(), VE(t_min=0.1))]:
         assert a != b and repr(a) != repr(b)
     assert repr(VP()) == "VP(beta_min=0.1, beta_max=20.0)" and repr(Linear()) == "Linear()"
+
+    class Weighted(VP):  # a subclass with a tensor parameter still compares (and hashes) by value
+        def __init__(self, w):
+            super().__init__()
+            self.w = w
+
+    assert Weighted(torch.ones(3)) == Weighted(torch.ones(3)) != Weighted(torch.zeros(3))
+    assert hash(Weighted(torch.ones(3))) == hash(Weighted(torch.ones(3)))
     j = JointProcess((VP(), VE()))
     jc = j.constrain((NodeMask(MASK), SymmetricAdjacency(MASK)))
     assert not j.constrained and jc.constrained and j == JointProcess((VP(), VE())) and j != jc
