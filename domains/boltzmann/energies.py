@@ -216,7 +216,7 @@ def quadrature_grid_2d(energy: Energy, lower: Sequence[float], upper: Sequence[f
 
 def quadrature_probability(energy: Energy, region: Callable[[torch.Tensor], torch.Tensor],
                            lower: Sequence[float], upper: Sequence[float], n: int = 801) -> float:
-    """:math:`P(x \\in \\text{region})` under :math:`e^{-u}` for a 2-D energy, by the midpoint rule.
+    r""":math:`P(x \in \text{region})` under :math:`e^{-u}` for a 2-D energy, by the midpoint rule.
 
     Args:
         region: maps points ``(M, 2)`` to a boolean mask ``(M,)``.
@@ -402,7 +402,7 @@ class ManyWell(TorchEnergy):
         return (_double_well_1d(x1) + 0.5 * x2 ** 2).sum(-1)
 
     def exact_probability(self, lower: float = 0.0, upper: float = math.inf) -> float:
-        """:math:`P(\\text{lower} < x_{2i} < \\text{upper})` for any one pair ``i``."""
+        r""":math:`P(\text{lower} < x_{2i} < \text{upper})` for any one pair ``i``."""
         return DoubleWell2D(kT=self.kT).exact_probability(lower, upper)
 
 
