@@ -9,7 +9,7 @@ already accumulated,
 
 (:math:`\delta_d` the minimum-image difference for a periodic CV, so hills wrap across
 :math:`\pm\pi`), and converges to :math:`V(s) = -(1 - 1/\gamma) F(s) + \text{const}`, so the grid's
-own free-energy estimate is :math:`F(s) = -\frac{\gamma}{\gamma - 1} V(s)` (Eq. 3 there). WT-ASBS
+own free-energy estimate is :math:`F(s) = -\frac{\gamma}{\gamma - 1} V(s)`. WT-ASBS
 (Nam et al. 2025) uses the same bias, deposited at a round's own samples, to push an
 energy-only diffusion sampler towards the biased target :math:`e^{-(E + V)/k_BT}`; samples of
 that target carry importance weights :math:`w = e^{V(s(x))/k_BT}` back to the Boltzmann
@@ -269,7 +269,7 @@ class WellTemperedBias:
 
         With ``sequential=False`` (default; one WT-ASBS round deposits its batch at once) every
         height uses the bias *before* the batch; with ``sequential=True`` each hill sees the ones
-        before it, as in metadynamics (Barducci et al. 2008, Eq. 2). Raises RuntimeError once
+        before it, as in metadynamics (Barducci et al. 2008). Raises RuntimeError once
         :meth:`freeze` was called.
         """
         if self.frozen:

@@ -387,7 +387,7 @@ class GaussianMixtureEnergy(TorchEnergy):
 
 
 class ManyWell(TorchEnergy):
-    r"""The many-well potential (Midgley et al. 2023, FAB, Sec. 4.2): ``n_pairs`` independent
+    r"""The many-well potential (Midgley et al. 2023, FAB): ``n_pairs`` independent
     copies of :class:`DoubleWell2D` on coordinates ``(x_{2i}, x_{2i+1})``, ``dim = 2 n_pairs``,
     :math:`2^{n}` modes. Exact marginals are those of the double well, per pair."""
 
@@ -408,7 +408,7 @@ class ManyWell(TorchEnergy):
 
 class LennardJones(TorchEnergy):
     r"""A Lennard-Jones cluster of ``n_particles`` in ``dim`` dimensions with a centre-of-mass
-    restraint, as in Köhler et al. 2020 (Eq. 20) and DEM/iDEM (LJ-13, LJ-55):
+    restraint, as in Köhler et al. 2020 and DEM/iDEM (LJ-13, LJ-55):
 
     .. math:: E(x) = \varepsilon\sum_{i<j}\Big[\Big(\frac{r_m}{r_{ij}}\Big)^{12}
               - 2\Big(\frac{r_m}{r_{ij}}\Big)^{6}\Big] + \frac{k}{2}\sum_i \lVert x_i - \bar x\rVert^2

@@ -147,7 +147,7 @@ def test_delta_f_from_grid_exact_profile():
 def test_well_tempered_grid_estimate_converges():
     """Quasi-static well-tempered deposition on the 1-D double well: each round draws 20 exact
     samples of the current biased marginal exp(-(E + V)) and deposits hills there. The bias's own
-    estimate F = -gamma/(gamma-1) V (Barducci et al. 2008, Eq. 3) then reproduces the exact
+    estimate F = -gamma/(gamma-1) V (Barducci et al. 2008) then reproduces the exact
     Delta F; the tolerance 0.15 kT covers the noise of the last hills (heights ~0.01 kT,
     ~20 per well per round) and was met with 3x margin at this seed."""
     x = torch.linspace(-3.5, 3.5, 7001, dtype=torch.float64)
