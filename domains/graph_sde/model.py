@@ -194,8 +194,10 @@ class GraphSDE:
                  ema: GraphScoreModel | None = None, split: dict | None = None, seed: int = 0):
         self.config = config
         if net is None:
-            torch.manual_seed(seed)  # parameter init only; all sampling randomness is explicit
-            net = GraphScoreModel(config.num_features, config.x_net, config.a_net)
+            # parameter init from ``seed`` without touching the caller's global RNG state
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net = GraphScoreModel(config.num_features, config.x_net, config.a_net)
         self.net = net
         self.ema = ema if ema is not None else copy.deepcopy(net).requires_grad_(False)
         self.ema.eval()

@@ -201,3 +201,13 @@ def test_reward_tilt_shifts_the_gaussian_mean(component):
     assert abs(tilted - beta) < 0.05, tilted
     assert abs(other) < 0.05, other
     assert all(abs(v) < 0.05 for v in means(0.0))
+
+
+def test_init_is_seeded_and_leaves_the_global_rng_alone(data):
+    before = torch.get_rng_state()
+    a = GraphSDE.from_data(data, dataset="community-small", preset="tiny", seed=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = GraphSDE.from_data(data, dataset="community-small", preset="tiny", seed=3)
+    c = GraphSDE.from_data(data, dataset="community-small", preset="tiny", seed=4)
+    pa, pb, pc = (torch.cat([p.flatten() for p in m.net.parameters()]) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
