@@ -183,13 +183,19 @@ def save_samples(out: Path, spec: SystemSpec, result, settings: dict) -> dict:
                "rounds": result.history, "settings": settings}
     (out / "run.json").write_text(json.dumps(summary, indent=1, default=str))
     if spec.topology is not None:
-        try:
-            from .io import write_trajectory
+        from .io import write_trajectory
+        from .plots import plot_ramachandran
 
-            w = torch.softmax(result.log_weights, 0)
-            write_trajectory(out / "samples.pdb", result.x, spec.topology, weights=w)
-        except (ImportError, TypeError) as err:  # io not available or a different signature
-            summary["trajectory"] = f"not written: {err}"
+        write_trajectory(result.x, spec.topology, out / "samples.dcd", log_weights=result.log_weights)
+        write_trajectory(result.x[:1], spec.topology, out / "topology.pdb")
+        if spec.cv_names == ["phi", "psi"]:
+            ok = torch.isfinite(result.log_weights)
+            fig = plot_ramachandran(result.cv[ok], result.log_weights[ok])
+            fig = getattr(fig, "figure", fig)
+            fig.savefig(out / "ramachandran.png", dpi=100)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
     return summary
 
 

@@ -87,3 +87,23 @@ def test_metad_writes_its_estimate(tmp_path):
     assert saved["free_energy"].shape == (63, 63)  # grid_width 64 per periodic CV, duplicate end dropped
     with pytest.raises(SystemExit, match="bias-factor"):
         main(["molecules", "metad", "--system", "alanine-dipeptide-vacuum", "--bias-factor", "1", "--out", str(out)])
+
+
+def test_alanine_sample_writes_trajectory_and_weights(tmp_path):
+    pytest.importorskip("openmmtools")
+    pytest.importorskip("mdtraj")
+    out = tmp_path / "ala"
+    assert main(["molecules", "sample", "--system", "alanine-dipeptide-vacuum", "--cv", "phi,psi", "--out", str(out),
+                 "--rounds", "1", "--iterations", "1", "--final-iterations", "1", "--samples", "40",
+                 "--no-progress"]) == 0
+    for name in ("samples.dcd", "topology.pdb", "samples.weights.npz", "ramachandran.png", "checkpoint.pt"):
+        assert (out / name).exists(), name
+    run = json.loads((out / "run.json").read_text())
+    assert run["energy_evaluations"] == 2 * 128 + 40  # 128 samples per iteration for alanine, + the path weights
+    s = torch.load(out / "samples.pt", weights_only=False)
+    from sciffusion.domains.boltzmann.cli import build_system
+
+    spec = build_system("alanine-dipeptide-vacuum", ["phi", "psi"])
+    # wrong-handed samples (CA stereocentre) carry weight zero, the others a finite weight
+    assert torch.equal(torch.isfinite(s["log_weights"]), spec.valid(s["x"]))
+    assert s["x"].mean(1).abs().max() < 1e-4  # centre of mass removed by the core constraint
