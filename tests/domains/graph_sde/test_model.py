@@ -136,19 +136,23 @@ class GaussianOracle(torch.nn.Module):
         return tuple(out)
 
 
-def _gaussian_model(n_max=4, F=2, counts=(4, 3)):
+def _gaussian_model(n_max=4, F=2, counts=(4, 3), x_process=None):
     x = torch.zeros(len(counts), n_max, F)
     mask = torch.arange(n_max) < torch.tensor(counts)[:, None]
     dense = datasets.DenseGraphs(x, torch.zeros(len(counts), n_max, n_max), mask, n_max, ())
-    m = GraphSDE.from_data(dense, dataset="gauss", preset="tiny")
+    m = GraphSDE.from_data(dense, dataset="gauss", preset="tiny", x_process=x_process)
     return m, dense
 
 
-def test_log_likelihood_matches_closed_form():
-    """With the exact score of iid N(0, c^2) coordinates the PF-ODE is x_t = x sqrt(V_t / V_min), so
-    log p = sum log N(x_T; 0, 1) + (d/2) log(V_T / V_min) over the d = nF + n(n-1)/2 free coordinates
-    (exact trace; 2e-3 absolute covers float32 model arithmetic over 16 RK4 steps)."""
-    m, dense = _gaussian_model()
+@pytest.mark.parametrize("x_process", [None, {"name": "ve", "sigma_min": 0.1, "sigma_max": 1.0}],
+                         ids=["vp-vp", "ve-vp"])
+def test_log_likelihood_matches_closed_form(x_process):
+    """With the exact score of iid N(0, c^2) coordinates each component's PF-ODE is
+    x_t = x sqrt(V_t / V_min), V_t = alpha_t^2 c^2 + sigma_t^2 (its own process), so
+    log p = sum log N(x_T; 0, s^2) + (d/2) log(V_T / V_min) over the d = nF + n(n-1)/2 free
+    coordinates, s the prior std (1 for VP, sqrt(1 + sigma_max^2) for VE). Exact trace;
+    2e-3 absolute covers float32 model arithmetic over 16 RK4 steps."""
+    m, dense = _gaussian_model(x_process=x_process)
     c = 2.0
     m.ema = GaussianOracle(m.process, c)
     g = torch.Generator().manual_seed(0)
@@ -158,16 +162,22 @@ def test_log_likelihood_matches_closed_form():
     adj = (u + u.transpose(1, 2)) * mm[:, :, None] * mm[:, None, :]
     res = m.log_likelihood(datasets.DenseGraphs(x, adj, dense.mask, 4, ()), num_steps=16, trace="exact",
                            exact_max_dim=100)
-    p = m.process.processes[0]
     t_lo, t_hi = float(m.process.t_min), float(m.process.t_max)
-    V = lambda t: float(p.alpha(t) ** 2 * c * c + p.sigma(t) ** 2)  # noqa: E731
-    scale = math.sqrt(V(t_hi) / V(t_lo))
-    for b, n in enumerate((4, 3)):
-        z = torch.cat([x[b, :n].flatten(), adj[b, :n, :n][torch.triu_indices(n, n, 1).unbind()]]).double()
+
+    def component(z, p):
+        V = lambda t: float(p.alpha(t) ** 2 * c * c + p.sigma(t) ** 2)  # noqa: E731
+        s2 = p.prior_std() ** 2
+        xT = z * math.sqrt(V(t_hi) / V(t_lo))
         d = z.numel()
-        assert d == n * 2 + n * (n - 1) // 2
-        xT = z * scale
-        expect = float(-0.5 * (xT ** 2).sum() - 0.5 * d * math.log(2 * math.pi) + 0.5 * d * math.log(V(t_hi) / V(t_lo)))
+        return float(-0.5 * (xT ** 2).sum() / s2 - 0.5 * d * math.log(2 * math.pi * s2)
+                     + 0.5 * d * math.log(V(t_hi) / V(t_lo)))
+
+    px, pa = m.process.processes
+    for b, n in enumerate((4, 3)):
+        zx = x[b, :n].flatten().double()
+        za = adj[b, :n, :n][torch.triu_indices(n, n, 1).unbind()].double()
+        assert zx.numel() + za.numel() == n * 2 + n * (n - 1) // 2
+        expect = component(zx, px) + component(za, pa)
         assert abs(float(res.logp[b]) - expect) < 2e-3, (float(res.logp[b]), expect)
 
 
