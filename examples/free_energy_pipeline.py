@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     p.add_argument("--basin", default="B: 0 < x1 < 10", help='basin B (A is the rest), e.g. "B: 0 < phi < 2"')
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--rounds", type=int, default=None, help="well-tempered rounds (default: the system's)")
+    p.add_argument("--iterations", type=int, default=None, help="sampler iterations per round")
+    p.add_argument("--final-iterations", type=int, default=None, help="iterations of the frozen-bias stage")
+    p.add_argument("--samples", type=int, default=None, help="final samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=200)
     args = p.parse_args(argv)
@@ -44,6 +47,10 @@ def main(argv=None) -> int:
             raise ValueError(f"--basin uses {unknown}, which are not among --cv {names}")
         if args.rounds is not None and args.rounds < 0:
             raise ValueError(f"--rounds must be >= 0, got {args.rounds}")
+        for flag, v in (("--iterations", args.iterations), ("--final-iterations", args.final_iterations),
+                        ("--samples", args.samples)):
+            if v is not None and v < 1:
+                raise ValueError(f"{flag} must be >= 1, got {v}")
         if args.bootstrap < 1:
             raise ValueError(f"--bootstrap must be >= 1, got {args.bootstrap}")
         if args.out.exists() and not args.out.is_dir():
@@ -51,7 +58,8 @@ def main(argv=None) -> int:
     except ValueError as err:
         p.error(str(err))
     spec = build_system(args.system, names)
-    res = run_sample(spec, out=args.out, seed=args.seed, rounds=args.rounds, progress=True)
+    res = run_sample(spec, out=args.out, seed=args.seed, rounds=args.rounds, iterations_per_round=args.iterations,
+                     final_iterations=args.final_iterations, num_samples=args.samples, progress=True)
     save_samples(args.out, spec, res, vars(args) | {"out": str(args.out)})
     samples = torch.load(args.out / "samples.pt", weights_only=False)
     estimates = {}
