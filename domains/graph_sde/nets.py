@@ -64,7 +64,7 @@ def mask_edges(adj: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def adjacency_powers(adj: torch.Tensor, c: int) -> torch.Tensor:
-    """:math:`[A, A^2, \dots, A^c]` stacked as channels: ``(B, N, N) -> (B, c, N, N)``."""
+    r""":math:`[A, A^2, \dots, A^c]` stacked as channels: ``(B, N, N) -> (B, c, N, N)``."""
     powers = [adj]
     for _ in range(c - 1):
         powers.append(powers[-1] @ adj)
