@@ -144,3 +144,52 @@ def test_paths_without_duplicated_points(ou_data):
     for k, t in enumerate(train.times):
         at_t = res.paths[:, int(torch.argmin((res.ts - t).abs()))]
         assert torch.equal(at_t[torch.argsort(at_t[:, 0])], train.xs[k][torch.argsort(train.xs[k][:, 0])])
+
+
+def _lv_snapshots(n=40, seed=0):
+    truth = LotkaVolterra(1.0, 0.4, 0.4, 0.1, sigma=0.1)
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.tensor([5.0, 4.0], dtype=F64) + 0.03 * torch.randn(3 * n, 2, generator=g, dtype=F64)
+    P = truth.simulate(x0, [0.0, 1.0, 2.0], generator=g, max_step=0.01)
+    return as_snapshots([P[k * n:(k + 1) * n, k] for k in range(3)], [0.0, 1.0, 2.0]), g
+
+
+def test_refit_stays_in_the_domain_from_a_bad_start():
+    """Issue 12: a line search stepping to beta < 0 made the ODE diverge and the refit silently kept
+    its start. In log coordinates every trial is positive: from a start 3x off the refit moves, ends
+    with positive rates and reports success."""
+    snaps, _ = _lv_snapshots()
+    from sciffusion.domains.schrodinger_bridge import couple
+
+    start = LotkaVolterra(3.0, 0.1, 1.2, 0.3, sigma=0.1)
+    plans, _ = couple(snaps, LotkaVolterra(1.0, 0.4, 0.4, 0.1, sigma=0.1), max_step=0.1)
+    pairs = [(snaps.xs[k], snaps.xs[k + 1], float(snaps.times[k]), float(snaps.times[k + 1]), plans[k])
+             for k in range(2)]
+    new = start.refit_pairs(pairs, max_step=0.1)
+    assert (new.theta > 0).all() and new.refit_info["ok"] and new.refit_info["moved"]
+    assert torch.allclose(start.free_vector().exp(), start.theta)  # log coordinates of positive rates
+
+
+def test_a_failed_refit_is_not_convergence(monkeypatch):
+    """A refit whose every line-search trial fails keeps its start, so its parameter change is 0; that
+    used to read as converged. Simulated by making the transition raise at any parameters but the
+    start's (the start itself evaluates, as a real divergence would)."""
+    snaps, g = _lv_snapshots()
+    from sciffusion.domains.schrodinger_bridge import references
+
+    ref = LotkaVolterra(1.0, 0.4, 0.4, 0.1, sigma=0.1)
+    start = ref.theta.clone()
+    real_transition = references.Reference.transition
+
+    def failing_transition(self, *a, **k):
+        if self.theta.requires_grad and not torch.allclose(self.theta.detach(), start):
+            raise FloatingPointError("the reference ODE diverged")
+        return real_transition(self, *a, **k)
+
+    monkeypatch.setattr(references.Reference, "transition", failing_transition)
+    res = fit_bridge(snaps, ref, iterations=3, warmup=False, generator=g, max_step=0.1)
+    assert not res.converged
+    assert [h.get("refit_ok") for h in res.history[:-1]] == [False, False]
+    assert res.history[1]["param_change"] == 0.0  # the change that used to pass for convergence
+    with pytest.raises(RuntimeError, match="only 0 of 2 replicates converged"):
+        bootstrap(snaps, res, num_boot=2, iterations=3, generator=g)
