@@ -248,6 +248,18 @@ def _positive(name):
     return conv
 
 
+def _positive_float(name):
+    def conv(v):
+        try:
+            f = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {v!r}") from None
+        if not (f > 0 and math.isfinite(f)):
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {v}")
+        return f
+    return conv
+
+
 def _check_out(out: Path, flag: str = "--out") -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{flag} {out} exists and is not a directory")
@@ -257,8 +269,10 @@ def _cmd_sample(args) -> int:
     names = parse_cv_names(args.system, args.cv)
     _check_out(args.out)
     spec = build_system(args.system, names)
+    if args.source == "gaussian":  # ASBS: a Gaussian source around the same centre, corrector matching
+        spec.sampler_kwargs.update(source="gaussian", source_std=args.source_std)
     settings = {k: getattr(args, k) for k in ("system", "cv", "seed", "rounds", "iterations", "final_iterations",
-                                              "samples")}
+                                              "samples", "source", "source_std")}
     res = run_sample(spec, out=args.out, seed=args.seed, rounds=args.rounds, iterations_per_round=args.iterations,
                      final_iterations=args.final_iterations, num_samples=args.samples,
                      progress=not args.no_progress)
@@ -332,6 +346,10 @@ def register_cli(subparsers) -> None:
     s.add_argument("--iterations", type=_positive("--iterations"), default=None, help="iterations per round")
     s.add_argument("--final-iterations", type=_positive("--final-iterations"), default=None)
     s.add_argument("--samples", type=_positive("--samples"), default=None, help="final samples")
+    s.add_argument("--source", choices=("dirac", "gaussian"), default="dirac",
+                   help="dirac: Adjoint Sampling; gaussian: ASBS with corrector matching")
+    s.add_argument("--source-std", type=_positive_float("--source-std"), default=1.0,
+                   help="std of the Gaussian source (ASBS), in the system's length unit")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_guard(_cmd_sample))

@@ -36,6 +36,14 @@ def test_sample_then_free_energy(tmp_path, capsys):
     assert "bias_grid_delta_f" in res and res["stderr"] > 0
 
 
+def test_asbs_source(tmp_path):
+    out = tmp_path / "asbs"
+    assert main(["molecules", "sample", "--system", "double-well", "--cv", "x1", "--out", str(out), "--source",
+                 "gaussian", "--source-std", "0.5", *SMALL]) == 0
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ck["sampler"]["corrector"] is not None  # ASBS: the checkpoint carries the corrector network
+
+
 def test_mismatched_resume_names_the_setting(tmp_path):
     out = tmp_path / "run"
     main(["molecules", "sample", "--system", "double-well", "--cv", "x1", "--out", str(out), *SMALL])
@@ -59,7 +67,8 @@ def test_sample_validates_before_any_output(tmp_path, argv, match):
 def test_argparse_rejects_bad_numbers_and_systems(tmp_path, capsys):
     out = tmp_path / "never"
     for bad in (["--system", "argon"], ["--system", "double-well", "--rounds", "-1"],
-                ["--system", "double-well", "--samples", "0"]):
+                ["--system", "double-well", "--samples", "0"], ["--system", "double-well", "--source", "uniform"],
+                ["--system", "double-well", "--source-std", "0"]):
         with pytest.raises(SystemExit):
             main(["molecules", "sample", "--cv", "x1", "--out", str(out), *bad])
     assert not out.exists()
