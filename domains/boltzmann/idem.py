@@ -2,14 +2,14 @@ r"""iDEM: iterated denoising energy matching (Akhound-Sadegh et al. 2024), the s
 sampler for cheap analytic energies.
 
 For a VE process :math:`x_t = x_0 + \sigma_t\varepsilon` and a target :math:`\mu \propto e^{-U}`, the
-noised score is an expectation over the *clean* point (Eq. 8 there),
+noised score is an expectation over the *clean* point (Akhound-Sadegh et al. 2024, denoising energy matching),
 
 .. math:: \nabla\log p_t(x) = \frac{\mathbb E_{x_0\sim N(x, \sigma_t^2 I)}\big[-\nabla U(x_0)\,e^{-U(x_0)}\big]}
                                    {\mathbb E_{x_0\sim N(x, \sigma_t^2 I)}\big[e^{-U(x_0)}\big]}
           \approx S_K(x, t) = \sum_{k=1}^K \mathrm{softmax}_k\big(-U(x + \sigma_t\varepsilon_k)\big)\,
                                 \big(-\nabla U(x + \sigma_t\varepsilon_k)\big)
 
-(Eq. 9, K Monte-Carlo samples, **K energy+force calls per training point**). The network is
+(their Monte-Carlo estimator, K samples, **K energy+force calls per training point**). The network is
 trained to regress this estimate at points :math:`x_t = x_0 + \sigma_t\varepsilon` with :math:`x_0` from
 a buffer (the inner loop of Alg. 1); the buffer is refilled by sampling the reverse SDE with the
 current network (the outer loop). Sampling is the core's: the network is an eps-prediction
@@ -41,7 +41,7 @@ __all__ = ["IDEMSampler", "dem_score"]
 
 def dem_score(energy: Any, xt: torch.Tensor, sigma: torch.Tensor, num_mc: int, generator: torch.Generator,
               project=None) -> torch.Tensor:
-    r"""The Monte-Carlo noised score :math:`S_K(x_t, t)` (Akhound-Sadegh et al. 2024, Eq. 9).
+    r"""The Monte-Carlo noised score :math:`S_K(x_t, t)` (Akhound-Sadegh et al. 2024, the DEM estimator in Alg. 1).
 
     Args:
         energy: reduced energy (``energy_and_forces`` or differentiable callable).

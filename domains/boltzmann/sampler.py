@@ -10,7 +10,7 @@ variance it accumulates from the source down to :math:`\tau` is
 
 .. math:: \nu(\tau) = \sigma_T^2 - \sigma_\tau^2,\qquad \nu_1 := \nu(\tau_{min}).
 
-With sampler time :math:`s = T - \tau` this is the SDE of Havens et al. (2025, Eq. 2),
+With sampler time :math:`s = T - \tau` this is the controlled SDE of Havens et al. (2025),
 :math:`dX_s = \sigma(s)\,u(X_s, s)\,ds + \sigma(s)\,dW_s` with :math:`\sigma(s) = g(T - s)`, a geometric
 schedule (large noise first, fine noise near the target). The network predicts the *adjoint*
 :math:`a_\theta(x, \tau)`, and the control is :math:`u = -\sigma\,a_\theta`. One step of the sampler on a
@@ -18,7 +18,7 @@ grid :math:`\tau_0 = T > \dots > \tau_K = \tau_{min}` (variance increment :math:
 
 .. math:: X_{k+1} = X_k - \Delta\nu_k\, a_\theta(X_k, \tau_k) + \sqrt{\Delta\nu_k}\,\xi_k .
 
-**Adjoint Sampling** (Havens et al. 2025, Alg. 1; "reciprocal adjoint matching", Eq. 13): with
+**Adjoint Sampling** (Havens et al. 2025, Alg. 1, "reciprocal adjoint matching"): with
 the source :math:`X_T = 0` the base process is memoryless, the terminal cost for a target
 :math:`\mu \propto e^{-U}` (``U = E/kT``, the energy's reduced output) is
 :math:`\Phi(x) = U(x) + \log p^{base}_1(x)`, :math:`p^{base}_1 = N(0, \nu_1 I)`, and
@@ -32,7 +32,7 @@ the source :math:`X_T = 0` the base process is memoryless, the terminal cost for
 :math:`X_\tau \mid X_0, X_1 \sim N\big(X_0 + \tfrac{\nu(\tau)}{\nu_1}(X_1 - X_0),\ \tfrac{\nu(\tau)(\nu_1-\nu(\tau))}{\nu_1}\big)`.
 Every terminal sample costs **one energy+force call**, made once when it enters the buffer.
 
-**ASBS** (Liu et al. 2025, Alg. 1, Eqs. 12-13): for a Gaussian source :math:`X_T\sim N(0, s_0^2 I)` the
+**ASBS** (Liu et al. 2025, Alg. 1: adjoint matching alternating with corrector matching): for a Gaussian source :math:`X_T\sim N(0, s_0^2 I)` the
 base is no longer memoryless and :math:`\log p^{base}_1` is replaced by a learned *corrector*
 :math:`h_\phi \approx \nabla\log\hat\varphi_1`, fitted by corrector matching on pairs
 :math:`(X_0, X_1)` of the current sampler,
@@ -420,7 +420,7 @@ class AdjointSampler:
 
     # --- training ----------------------------------------------------------------------------
     def _adjoint_target(self, x1: torch.Tensor, grad_u: torch.Tensor, potential=None) -> torch.Tensor:
-        """Terminal adjoint :math:`\\nabla U + \\nabla V + h(x_1)` (Havens Eq. 13 / Liu Eq. 12)."""
+        """Terminal adjoint :math:`\\nabla U + \\nabla V + h(x_1)` (Havens et al. 2025 / Liu et al. 2025, Alg. 1)."""
         if potential is not None:
             grad_u = grad_u + potential_grad(potential, x1, self.event_shape).to(grad_u.dtype)
         with torch.no_grad():
@@ -528,7 +528,7 @@ class AdjointSampler:
         return self
 
     def _fit_corrector(self, steps: int, n: int, batch_size: int, generator) -> float:
-        """Corrector matching (Liu et al. 2025, Eq. 13) on fresh pairs of the current sampler."""
+        """Corrector matching (Liu et al. 2025, Alg. 1) on fresh pairs of the current sampler."""
         res = self.simulate(max(n, batch_size), generator)
         x0, x1 = res.x_source.float(), res.x.float()
         target = self._project(-(x1 - x0) / self.nu1)

@@ -13,7 +13,7 @@ Round :math:`r = 0, \dots, R-1`:
 A final stage freezes the bias and trains on :math:`\mu_R` for ``final_iterations``; its samples
 :math:`x_i` carry the importance weights back to the Boltzmann distribution,
 
-.. math:: \log w_i = V_R(s(x_i))/k_BT  \qquad(\text{Nam et al. 2025, Eq. 9}),
+.. math:: \log w_i = V_R(s(x_i))/k_BT  \qquad(\text{Nam et al. 2025: reweighting by the bias}),
 
 valid when the sampler matches the biased target. Beside them the result carries the sampler's
 own path weights (:meth:`~.sampler.AdjointSampler.log_weights`, exact for any network, one
