@@ -141,7 +141,7 @@ def _print_table(section: dict) -> None:
     rows = section.get("rows") or []
     print(f"\n== {section.get('section')} ({section.get('seconds', '?')} s)")
     for k, v in section.items():
-        if k not in ("rows", "section", "seconds", "figures"):
+        if k not in ("rows", "section", "seconds", "figures", "folder"):
             print(f"  {k}: {v}")
     if rows:
         keys = list(rows[0])
