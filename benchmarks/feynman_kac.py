@@ -17,7 +17,14 @@ Metrics: mode-occupancy TV, occupancy-weighted within-mode spread (per-coordinat
 value printed), W1 / W2 (POT, exact OT between 2000 resampled particles and 2000 exact samples),
 MMD^2 (Gaussian kernels, bandwidths 1, 4, 16). Floors: the same metrics for N exact samples.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/feynman_kac.py [--quick]
+Issue 14 (``--order``): the step-count convergence of the default second-order scheme (Heun move,
+trapezoid weights) against the first-order one, by the exact infinite-particle recursion on
+Gaussian experts (``feynman_kac.recursion``: no Monte Carlo error; order per halving of the
+step), the default settings' errors in standard errors (16 independent groups) on 1-D mixtures,
+the ``sciffusion fkc cfg`` defaults of issue 12, and masked annealing with mask exponent 1 vs A.
+CPU budget: about 15 minutes on one core.
+
+Run:  OMP_NUM_THREADS=1 python benchmarks/feynman_kac.py [--quick] [--order]
 Writes benchmarks/results/feynman_kac.json.
 """
 
@@ -161,6 +168,7 @@ def run_one(den, exact, ref, *, N, steps, noise, correct, threshold=1.0, weight_
     with torch.no_grad():
         res = sample_fkc(anneal(den, BETA), start, num_particles=N, num_steps=steps, noise=noise,
                          correct=correct, threshold=threshold, weight_rule=weight_rule, warn_ess=None,
+                         integrator="exponential",  # the first-order scheme these rows measure
                          generator=torch.Generator().manual_seed(seed), dtype=torch.float64, **extra)
     secs = time.perf_counter() - t0
     x = res.x.numpy()
@@ -206,13 +214,177 @@ def summarise(rows):
     return out
 
 
+
+# ------------------------------------------------------------------------------------------------
+# issue 14: step-count convergence of the default (second-order) scheme vs the first-order one
+# ------------------------------------------------------------------------------------------------
+
+ORDER_STEPS = (25, 50, 100, 200, 400, 800)
+SCHEMES = {"first order (exponential, left)": dict(integrator="exponential", weight_rule="left"),
+           "first order + trapezoid weights": dict(integrator="exponential", weight_rule="trapezoid"),
+           "default (heun, trapezoid)": dict(integrator="heun")}
+GAUSS_CASES = {  # 1-D Gaussian experts: (means, variances, exponents)
+    "product N(0,1) x N(0,1)": ([0.0, 0.0], [1.0, 1.0], [1.0, 1.0]),
+    "anneal N(0.5,1)^2.5": ([0.5], [1.0], [2.5]),
+    "cfg N(0,1)^-2 N(1,1/4)^3": ([0.0, 1.0], [1.0, 0.25], [-2.0, 3.0]),
+}
+
+
+def _mixture_1d(means, variances, weights):
+    return GaussianMixture(torch.tensor(means, dtype=torch.float64)[:, None],
+                           torch.tensor(variances, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64))
+
+
+def order_study(quick: bool) -> dict:
+    """Exact infinite-particle recursion (no Monte Carlo error) on Gaussian experts, and Monte Carlo
+    at the default settings on 1-D mixtures (errors in standard errors from 16 groups), VP process,
+    log-SNR grid. CPU budget: about 15 minutes on one core (quick: 2 minutes)."""
+    from sciffusion import VP
+    from sciffusion.domains.feynman_kac import Target
+    from sciffusion.domains.feynman_kac.masked import sample_fkc_masked
+    from sciffusion.domains.feynman_kac.recursion import gaussian_recursion
+    from sciffusion.domains.discrete import MarkovChainOracle, MaskedProcess
+
+    p = VP()
+    steps_list = ORDER_STEPS[:4] if quick else ORDER_STEPS
+    out = {"recursion": [], "monte_carlo": [], "cli_cfg": [], "masked": []}
+    for case, (m, v, a) in GAUSS_CASES.items():
+        for eta in (1.0, 3.0):
+            for scheme, kw in SCHEMES.items():
+                errs = []
+                for n in steps_list:
+                    try:
+                        r = gaussian_recursion(m, v, a, p, num_steps=n, noise=eta, **kw)
+                        e = {"var": r["var"] - r["exact_var"], "mean": r["mean"] - r["exact_mean"],
+                             "log_z": r["log_z"] - r["exact_log_z"]}
+                    except ValueError:  # weights not integrable at this step size
+                        e = {"var": None, "mean": None, "log_z": None}
+                    errs.append(e)
+                ve = [abs(e["var"]) if e["var"] is not None else None for e in errs]
+                slopes = [round(math.log2(ve[i] / ve[i + 1]), 2) if ve[i] and ve[i + 1] else None
+                          for i in range(len(ve) - 1)]
+                row = {"case": case, "eta": eta, "scheme": scheme, "steps": list(steps_list),
+                       "var_error": [None if x is None else float(f"{x:.3e}") for x in
+                                     (e["var"] for e in errs)],
+                       "log_z_error": [None if x is None else float(f"{x:.3e}") for x in
+                                       (e["log_z"] for e in errs)],
+                       "order_per_halving": slopes}
+                out["recursion"].append(row)
+                print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
+    cases = {
+        "anneal 5-mode beta=2.5": ([_mixture_1d([-4., -2., 0., 2., 4.], [0.16, 0.5, 0.3, 0.8, 0.25],
+                                                [0.15, 0.25, 0.2, 0.25, 0.15])], [2.5]),
+        "product 3x2 mixtures": ([_mixture_1d([-3., 0., 3.], [0.5, 0.3, 1.0], [0.3, 0.3, 0.4]),
+                                  _mixture_1d([-1.5, 2.0], [1.0, 0.6], [0.5, 0.5])], [1.0, 1.0]),
+        "cfg w=3": ([_mixture_1d([-2., 2.], [0.09, 1.0], [0.5, 0.5]), _mixture_1d([-2., 2.], [0.09, 1.0], [0.2, 0.8])],
+                    [-2.0, 3.0]),
+    }
+    grid = torch.linspace(-14.0, 14.0, 28001, dtype=torch.float64)
+    stats = {"mean": lambda x: x[:, 0], "second_moment": lambda x: x[:, 0] ** 2,
+             "mass_below_-1": lambda x: (x[:, 0] < -1).double()}
+    G, N = 16, (512 if quick else 1024)
+    configs = {"default (heun, 200 steps, auto)": dict(num_steps=200),
+               "first order, equal NFE (400 steps, auto)": dict(num_steps=400, integrator="exponential"),
+               "earlier default (first order, 200 steps, eta=1)": dict(num_steps=200, integrator="exponential",
+                                                                      noise="target_score")}
+    for case, (mix, a) in cases.items():
+        lp = sum(ak * mk.log_prob(grid[:, None], p, p.t_min) for mk, ak in zip(mix, a))
+        pr = torch.softmax(lp, 0)
+        exact = {k: float((pr * f(grid[:, None])).sum()) for k, f in stats.items()}
+        target = Target([mk.denoiser(p) for mk in mix], a)
+        for name, kw in configs.items():
+            for seed in ((0,) if quick else (0, 1)):
+                t0 = time.perf_counter()
+                res = sample_fkc(target, (G, 1), num_particles=N, warn_ess=None, dtype=torch.float64,
+                                 generator=torch.Generator().manual_seed(seed), **kw)
+                row = {"case": case, "config": name, "seed": seed, "groups": G, "N": N, "nfe": res.nfe}
+                for k, f in stats.items():
+                    est = res.expectation(f)
+                    se = float(est.std() / math.sqrt(G))
+                    err = float(est.mean()) - exact[k]
+                    row[k] = {"exact": round(exact[k], 4), "error": round(err, 4), "se": round(se, 4),
+                              "z": round(err / se, 2)}
+                row["seconds"] = round(time.perf_counter() - t0, 1)
+                out["monte_carlo"].append(row)
+                print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
+    # issue 12: `sciffusion fkc cfg` (w = 2, VP, 4096 particles, 200 steps), four seeds
+    from sciffusion.domains.feynman_kac import cli
+    target, mixtures, exps = cli.build("cfg", p, w=2.0)
+    exact_left = cli.exact_stats(mixtures, exps, p, p.t_min)["left_mass"]
+    for name, kw in {"earlier CLI default (first order, noise 3)": dict(integrator="exponential", noise=3.0),
+                     "first order, noise 1": dict(integrator="exponential", noise=1.0),
+                     "new CLI default (heun, auto = 1)": dict(),
+                     "heun, noise 3": dict(noise=3.0)}.items():
+        vals = []
+        for seed in range(4):
+            res = sample_fkc(target, (1, 1), num_particles=4096, num_steps=200, warn_ess=None, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(seed), **kw)
+            vals.append(float(res.expectation(lambda x: (x[:, 0] < 0).double())[0]))
+        mean = sum(vals) / 4
+        se = (sum((x - mean) ** 2 for x in vals) / 3) ** 0.5 / 2
+        row = {"config": name, "left_mass_mean_of_4_seeds": round(mean, 4), "se": round(se, 4),
+               "exact": round(exact_left, 4), "z": round((mean - exact_left) / se, 2)}
+        out["cli_cfg"].append(row)
+        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
+    # masked annealing p^3 of a length-7 Markov chain (3 symbols): TV of the pooled weighted
+    # particles to the enumerated target, 16 groups of 1024, 128 steps, base rate
+    proc = MaskedProcess(3)
+    o = MarkovChainOracle.random(3, 7, seed=0, scale=0.7)
+    seqs = o.enumerate()[0]
+    lp = 3.0 * o.log_prob(seqs)
+    probs = torch.softmax(lp, 0)
+    gen = torch.Generator().manual_seed(5)
+    floor = []
+    for _ in range(4):
+        draw = torch.multinomial(probs, G * N, replacement=True, generator=gen)
+        emp = torch.bincount(draw, minlength=len(probs)).double() / (G * N)
+        floor.append(0.5 * float((emp - probs).abs().sum()))
+    for name, kw in {"mask exponent 1 (default), ESS<N/2": dict(),
+                     "mask exponent A (earlier), ESS<N/2": dict(mask_exponent="A"),
+                     "mask exponent A, no resampling": dict(mask_exponent="A", threshold=0.0),
+                     "mask exponent 1, no resampling": dict(threshold=0.0),
+                     "uncorrected": dict(correct=False)}.items():
+        res = sample_fkc_masked([o.masked_model(proc)], [3.0], proc, (G, 7), num_particles=N, warn_ess=None,
+                                generator=torch.Generator().manual_seed(1), **kw)
+        w = (res.weights() / G).reshape(-1)
+        emp = torch.zeros(len(probs), dtype=torch.float64).index_add_(0, o.index(res.x), w)
+        row = {"config": name, "tv": round(0.5 * float((emp - probs).abs().sum()), 4),
+               "iid_floor_tv": round(sum(floor) / 4, 4), "resampling_events": res.num_resampling_events,
+               "mean_ess_frac": round(float(res.ess.mean()) / N, 3) if len(res.ess) else None}
+        out["masked"].append(row)
+        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few configurations only (smoke test)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "feynman_kac.json")
+    ap.add_argument("--order", action="store_true",
+                    help="only the issue-14 study (step-count convergence of the default vs the first-order "
+                         "scheme, default-setting errors in standard errors); stored under 'order' in --out, "
+                         "the rest of the file is kept")
     args = ap.parse_args()
     t_start = time.perf_counter()
     torch.set_num_threads(1)
+    if args.order:
+        import subprocess
+
+        res = order_study(args.quick)
+        old = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "feynman_kac"}
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+        old["order" if not args.quick else "order_quick"] = {
+            **res, "command": "OMP_NUM_THREADS=1 python benchmarks/feynman_kac.py --order" + (" --quick" if args.quick else ""),
+            "commit": commit, "seconds": round(time.perf_counter() - t_start, 1),
+            "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(old, indent=1))
+        print(f"wrote {args.out} ({round(time.perf_counter() - t_start, 1)} s)")
+        return
     means = mixture()
     process = EDM(sigma_min=0.01, sigma_max=160.0)
     den = Denoiser(fast_model(means, STD ** 2, process), process, "eps")

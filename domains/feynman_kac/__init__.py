@@ -5,6 +5,7 @@ products of masked discrete diffusion models (:mod:`.masked`, on ``sciffusion.do
 from .masked import MaskedFKCResult, sample_fkc_masked
 from .fkc import (FKCResult, Target, anneal, combined_eps, guidance, log_weight_increment, noise_level,
                   product, sample_fkc)
+from .recursion import gaussian_recursion
 
 __all__ = ["FKCResult", "Target", "anneal", "combined_eps", "guidance", "log_weight_increment",
-           "noise_level", "product", "sample_fkc", "sample_fkc_masked", "MaskedFKCResult"]
+           "noise_level", "product", "sample_fkc", "sample_fkc_masked", "MaskedFKCResult", "gaussian_recursion"]

@@ -61,7 +61,7 @@ def left_mass(result):
     return float((w * (x < 0)).sum())
 
 
-def run(target, seed=0, groups=4, particles=2048, steps=200, **kw):
+def run(target, seed=0, groups=4, particles=2048, steps=100, **kw):
     kw.setdefault("noise", 3.0)
     kw.setdefault("warn_ess", None)
     return sample_fkc(target, (groups, 1), num_particles=particles, num_steps=steps,
@@ -152,7 +152,7 @@ def test_annealed_left_mode_mass_matches_exact(process, param):
     exact = float(p_grid[GRID < 0].sum())
     res = run(anneal(q.denoiser(process, param), 3.0))
     assert abs(left_mass(res) - exact) < 0.03
-    assert res.nfe == 200 and res.num_resampling_events > 0
+    assert res.nfe == 201 and res.num_resampling_events > 0  # Heun: 2 per step + 1 closing the weights
 
 
 def test_uncorrected_sampler_misses_the_annealed_target():
@@ -242,10 +242,17 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
     for a, b in ((full.x, resumed.x), (full.log_w, resumed.log_w), (full.log_z, resumed.log_z),
                  (full.ess, resumed.ess), (full.lineages, resumed.lineages)):
         assert torch.equal(a, b)
-    assert full.resample_steps == resumed.resample_steps and full.nfe == resumed.nfe == 30
-    with pytest.raises(ValueError, match="other settings"):
-        sample_fkc(target, (2, 1), generator=torch.Generator().manual_seed(3), checkpoint=path,
-                   **{**kw, "noise": 3.0})
+    assert full.resample_steps == resumed.resample_steps and full.nfe == resumed.nfe == 61
+    # issue 12: a resume that would return the old result for a different run is refused, naming it
+    reward = lambda x: -x[:, 0]  # noqa: E731
+    for name, changed in (("eta", {**kw, "noise": 3.0}), ("resample_window", {**kw, "resample_window": (0.1, 1.0)}),
+                          ("correction_window", {**kw, "correction_window": (0.1, 80.0)}),
+                          ("log_weights", {**kw, "log_weights": torch.zeros(512, dtype=torch.float64)}),
+                          ("integrator", {**kw, "integrator": "exponential"})):
+        with pytest.raises(ValueError, match=f"different settings: {name}"):
+            sample_fkc(target, (2, 1), generator=torch.Generator().manual_seed(3), checkpoint=path, **changed)
+    with pytest.raises(ValueError, match="different settings: reward"):
+        sample_fkc(target.tilt(reward, 0.5), (2, 1), generator=torch.Generator().manual_seed(3), checkpoint=path, **kw)
     with pytest.raises(ValueError, match="generator"):
         sample_fkc(target, (2, 1), checkpoint=tmp_path / "other.pt", **kw)
 
@@ -268,7 +275,7 @@ def test_ess_triggered_and_every_step_resampling_agree():
     target = anneal(q.denoiser(VP()), 3.0)
     every = run(target, threshold=1.0, seed=7)
     ess = run(target, threshold=0.5, seed=7)
-    assert every.num_resampling_events == 200 and 0 < ess.num_resampling_events < 200
+    assert every.num_resampling_events == 100 and 0 < ess.num_resampling_events < 100
     assert abs(left_mass(every) - 0.9175) < 0.03 and abs(left_mass(ess) - 0.9175) < 0.03
     assert abs(left_mass(every) - left_mass(ess)) < 0.03
 
@@ -280,7 +287,9 @@ def test_log_normaliser_of_an_annealed_gaussian():
     process = VP()
     v = float(process.alpha(process.t_min)) ** 2 * 0.25 + float(process.sigma(process.t_min)) ** 2
     exact = -math.log(2 * math.pi * v) - 0.5 * math.log(3)
-    res = run(anneal(q.denoiser(process), 3.0), groups=8, particles=512)
+    # 400 steps: log Z-hat carries a discretisation error that falls as h^2 but starts large
+    # (exact recursion, feynman_kac.recursion: 0.18 at 200 steps, 0.044 at 400, eta = 3)
+    res = run(anneal(q.denoiser(process), 3.0), groups=8, particles=512, steps=400)
     assert abs(float(res.log_z.mean()) - exact) < 0.15
 
 
@@ -303,22 +312,63 @@ def test_product_of_two_mixtures_mean_and_w1():
     assert w1_unc > 3 * w1
 
 
-@pytest.mark.parametrize("w", [2.0, 4.0])
-def test_guidance_geometric_average_mean_and_w1(w):
-    """CFG as q^(1-w) q(.|c)^w, w = 2 and 4: mean within 0.05 and W1 below 0.07 of quadrature
-    (one group of 8192, 400 steps; over 4 seeds the errors were <= 0.027 and <= 0.053; at 200
-    steps the SDE's time discretisation alone shifts the mean by ~0.02-0.03). Plain CFG (same
-    SDE, no weights) overshoots towards the conditional mode: W1 at least 2x larger."""
-    process = EDM()
+def gm(means, variances, weights):
+    return GaussianMixture(torch.tensor(means, dtype=torch.float64)[:, None],
+                           torch.tensor(variances, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64))
+
+
+# the issue-14 kinds of target, on 1-D mixtures the other tests never use
+DEFAULT_CASES = {
+    # a 5-mode mixture annealed to beta = 2.5
+    "anneal": lambda p: ([gm([-4., -2., 0., 2., 4.], [0.16, 0.5, 0.3, 0.8, 0.25], [0.15, 0.25, 0.2, 0.25, 0.15])],
+                         [2.5]),
+    # the product of a 3- and a 2-component mixture
+    "product": lambda p: ([gm([-3., 0., 3.], [0.5, 0.3, 1.0], [0.3, 0.3, 0.4]), gm([-1.5, 2.0], [1.0, 0.6], [0.5, 0.5])],
+                          [1.0, 1.0]),
+    # classifier-free guidance at w = 3: q^-2 q(.|c)^3
+    "cfg": lambda p: ([q_left_right(), q_conditional()], [-2.0, 3.0]),
+}
+STATS = {"mean": lambda x: x[:, 0], "second moment": lambda x: x[:, 0] ** 2,
+         "mass below -1": lambda x: (x[:, 0] < -1).double()}
+
+
+@pytest.mark.parametrize("kind", sorted(DEFAULT_CASES))
+def test_default_settings_are_exact_to_monte_carlo_error(kind):
+    """Issue 14: every argument at its default (200 log-SNR steps, ``noise="auto"``, the Heun move
+    with trapezoid weights, ESS-triggered resampling), VP. For the mean, the second moment and
+    the mass below -1 the error against quadrature is within 4 standard errors, the standard
+    error taken from 16 independent groups of 512 particles (the spread of the group estimates,
+    not an ESS formula). Measured with 16 x 1024 (``benchmarks/feynman_kac.py``): |z| <= 1.4 for
+    annealing, <= 0.3 for products, <= 1.2 for CFG; the first-order scheme at equal NFE
+    (``integrator="exponential"``, 400 steps) missed the second moment by 4.5-8.6 standard errors
+    on annealing and products."""
+    process = VP()
+    mixtures, exps = DEFAULT_CASES[kind](process)
+    p_grid, _ = exact_density(mixtures, exps, process, process.t_min)
+    target = Target([m.denoiser(process) for m in mixtures], exps)
+    groups = 16
+    res = sample_fkc(target, (groups, 1), num_particles=512, generator=torch.Generator().manual_seed(11),
+                     warn_ess=None, dtype=torch.float64)
+    assert res.nfe == (2 * 200 + 1) * len(mixtures) and res.num_resampling_events > 0
+    for name, f in STATS.items():
+        est = res.expectation(f)
+        exact = float((p_grid * f(GRID[:, None])).sum())
+        se = float(est.std() / math.sqrt(groups))
+        assert abs(float(est.mean()) - exact) < 4 * se, (name, float(est.mean()), exact, se)
+
+
+def test_guidance_beats_plain_cfg():
+    """CFG as q^(1-w) q(.|c)^w, w = 2 (EDM): the FKC W1 to quadrature is below 0.07 (one group of
+    8192, 100 steps) and plain CFG (the same SDE, no weights) overshoots towards the conditional
+    mode: its W1 is at least 2x larger."""
+    process, w = EDM(), 2.0
     q, qc = q_left_right(), q_conditional()
     p_grid, _ = exact_density([q, qc], [1 - w, w], process, process.t_min)
-    exact_mean = float((p_grid * GRID).sum())
     target = guidance(q.denoiser(process), qc.denoiser(process), w)
-    kw = dict(groups=1, particles=8192, noise=1.0, steps=400)
-    mean, w1 = mean_and_w1(run(target, **kw), p_grid)
+    kw = dict(groups=1, particles=8192)
+    _, w1 = mean_and_w1(run(target, **kw), p_grid)
     _, w1_unc = mean_and_w1(run(target, correct=False, **kw), p_grid)
-    assert abs(mean - exact_mean) < 0.05 and w1 < 0.07
-    assert w1_unc > 2 * w1
+    assert w1 < 0.07 and w1_unc > 2 * w1
 
 
 def test_reward_tilt_of_a_gaussian():
@@ -329,7 +379,7 @@ def test_reward_tilt_of_a_gaussian():
     q = GaussianMixture(torch.tensor([[0.0]]), torch.tensor([1.0]))
     target = anneal(q.denoiser(VP()), 1.0).tilt(lambda x: x[:, 0], 1.5)
     for correct in (True, False):
-        x, w = weighted(run(target, noise=1.0, steps=400, groups=1, particles=8192, correct=correct))
+        x, w = weighted(run(target, noise=1.0, steps=200, groups=1, particles=8192, correct=correct))
         mean = float((w * x).sum())
         var = float((w * (x - mean) ** 2).sum())
         if correct:
@@ -401,7 +451,7 @@ def test_fkc_annealing_with_a_learned_score_moves_mode_masses_to_the_target():
     fitted = fit(MLP(1, hidden=64, depth=2), lambda m, x, g: dsm_loss(m, x, process, generator=g), data,
                  steps=1500, batch_size=256, lr=3e-3, ema_decay=0.99, progress=False)
     target = anneal(Denoiser(fitted.ema, process, "eps"), 3.0)
-    kw = dict(num_particles=2048, num_steps=200, generator=torch.Generator().manual_seed(1), warn_ess=None)
+    kw = dict(num_particles=2048, num_steps=100, generator=torch.Generator().manual_seed(1), warn_ess=None)
     fkc = sample_fkc(target, (1, 1), noise=3.0, **kw)
     unc = sample_fkc(target, (1, 1), noise="target_score", correct=False, **kw)
     exact = 0.9175
@@ -425,3 +475,23 @@ def test_tuple_state_with_a_joint_process():
     res = sample_fkc(anneal(den, 3.0), x, num_particles=n, num_steps=200, noise=3.0, generator=g, warn_ess=None)
     for i in range(2):
         assert abs(float(res.expectation(lambda s: (s[i][:, 0] < 0).double()).mean()) - 0.9175) < 0.03
+
+
+def test_move_is_the_cores_sde_dpm_solver_step():
+    """Issue 12: the FKC move is the core's SDE-DPM-Solver++ step generalised (its weights come
+    from ``sciffusion.samplers.ei_weights``), not a second copy: for one expert with A = 1 and
+    eta = 1 the first-order move from the same noise equals one step of the core's
+    ``dpmpp_2m_sde`` to round-off, on VP and EDM."""
+    from sciffusion.domains.feynman_kac.fkc import _move
+    from sciffusion.samplers import sample_dpmpp_2m_sde
+
+    q = q_left_right()
+    for process in (VP(), EDM()):
+        den = q.denoiser(process)
+        x = torch.randn(64, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        ts = torch.tensor([0.6, 0.5], dtype=torch.float64) * float(process.t_max)
+        core = sample_dpmpp_2m_sde(den, x, ts, generator=torch.Generator().manual_seed(1))
+        z = process.noise_like(x, torch.Generator().manual_seed(1))
+        x0, eps = den.predict(x, ts[0])
+        ours = _move(anneal(den, 1.0), x, [x0], [eps], None, None, 0, ts[0], ts[1], 1.0, "exponential", z)
+        assert torch.allclose(ours, core, rtol=0, atol=1e-10 * float(core.abs().max()))
