@@ -182,3 +182,23 @@ def test_bad_input(setup):
         design("svdd-mc", m, pr, count_zeros, (2, L))
     with pytest.raises(ValueError, match="window/motif length 8 exceeds"):
         sample_svdd(m, pr, HammingMotifCount("ACGTACGT"), (2, L), 4, generator=g)
+
+
+def test_first_hitting_svdd(setup):
+    """M = 1 draws exactly what sample_first_hitting draws from the same seed (the shared
+    first_hitting_step); with M = 4 the model is evaluated on every still-masked candidate
+    (independent counter) and the reward rises above the base mean by > 0.5 (300 designs)."""
+    from sciffusion.domains.discrete import sample_first_hitting
+    from sciffusion.domains.sequence_design import sample_svdd_first_hitting
+
+    _, pr, m = setup
+    a = sample_svdd_first_hitting(m, pr, count_zeros, (300, L), num_candidates=1,
+                                  generator=torch.Generator().manual_seed(9))
+    b = sample_first_hitting(m, pr, (300, L), generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a.x, b.x) and a.nfe == b.nfe and torch.equal(a.reward, count_zeros(a.x))
+    cm = CountingModel(m)
+    c = sample_svdd_first_hitting(cm, pr, count_zeros, (300, L), num_candidates=4,
+                                  generator=torch.Generator().manual_seed(9))
+    assert (c.nfe, c.model_evals) == (cm.calls, cm.rows) == (L, 300 + 300 * 4 * (L - 1))
+    assert c.reward_evals == 300 * 4 * L and torch.equal(c.reward, count_zeros(c.x))
+    assert float(c.reward.mean()) > float(count_zeros(b.x).mean()) + 0.5
