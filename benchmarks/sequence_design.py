@@ -16,6 +16,13 @@ measured, not assumed):
 Beside the reward: ELBO under the base model (nats per sequence, 8 draws), 3-mer spectrum
 correlation with the training data, pairwise Hamming diversity. Three decoding seeds.
 
+Part ``hidden`` (optional, ``--parts hidden``): hidden ground truth. 6000 order-2 Markov 64-mers with
+sites drawn from the JASPAR frequency matrices of HNF4A (MA0114) and CEBPA (MA0102), each in 30%;
+activity = a + b + 2ab - 4|GC - 0.5| with a, b the PWM scores above 6 bits / 6, labels with noise
+sd 0.1. Two CNN oracles are fitted on disjoint halves: one guides the decoders, the other and the
+ground truth judge them (the gap shows reward hacking). SVDD-PM (M = 4, 8), best-of-N and SMC at
+matched model evaluations, 64 designs, three seeds; median and 90th percentile on all three.
+
 Part ``rna`` (optional, ``--parts motif,rna``): base model (48 channels, 1500 steps) on 3000 50-nt sequences from an order-2
 Markov background over ACGU; reward = minus the ViennaRNA base-pair distance of the MFE structure
 to a fixed 50-nt two-hairpin target; SVDD-PM vs best-of-N vs SMC at matched model evaluations,
@@ -144,6 +151,90 @@ def aggregate(rows):
     return out
 
 
+def hidden_activity(x, pa, pb):
+    """Ground truth: PWM hits of HNF4A (a) and CEBPA (b) above 6 bits, their cooperativity, a GC penalty."""
+    a = (pa(x) - 6.0).clamp_min(0) / 6.0
+    b = (pb(x) - 6.0).clamp_min(0) / 6.0
+    gc = ((x == 1) | (x == 2)).double().mean(1)
+    return a + b + 2.0 * a * b - 4.0 * (gc - 0.5).abs()
+
+
+def plant_pfm(x, matrix_id, frac, g):
+    from sciffusion.domains.sequence_design import jaspar_counts
+
+    counts, _ = jaspar_counts(matrix_id)
+    freq = (counts / counts.sum(0, keepdim=True)).T
+    w = freq.shape[0]
+    for r in (torch.rand(x.shape[0], generator=g) < frac).nonzero().squeeze(1).tolist():
+        p = int(torch.randint(x.shape[1] - w + 1, (1,), generator=g))
+        x[r, p:p + w] = torch.multinomial(freq, 1, generator=g).squeeze(1)
+    return x
+
+
+def hidden_part(args, q, out, aggs):
+    """Guide with one CNN oracle, evaluate with another (disjoint halves) and with the ground truth."""
+    from sciffusion.domains.sequence_design import CNNOracle, PWMScore
+
+    t0 = time.perf_counter()
+    L, n = 64, (600 if q else 6000)
+    g = torch.Generator().manual_seed(21)
+    x = order2_markov(n, L, seed=11)
+    x = plant_pfm(x, "MA0114", 0.3, g)
+    x = plant_pfm(x, "MA0102", 0.3, g)
+    pa, pb = PWMScore("MA0114"), PWMScore("MA0102")
+    truth = lambda z: hidden_activity(z, pa, pb)  # noqa: E731
+    y = truth(x) + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
+    half = n // 2
+    guide = CNNOracle.fit(x[:half], y[:half], steps=60 if q else 800, seed=0, channels=32)
+    judge = CNNOracle.fit(x[half:], y[half:], steps=60 if q else 800, seed=1, channels=32)
+    hold = order2_markov(1000, L, seed=12)
+    r_g = torch.corrcoef(torch.stack([guide(hold), truth(hold)]))[0, 1]
+    r_j = torch.corrcoef(torch.stack([judge(hold), truth(hold)]))[0, 1]
+    model, proc, cfg, t_train = base_model(x, args.cache, "hidden", 100 if q else 1500, 32 if q else 48)
+    print(f"[hidden] data activity median {float(y.median()):.3f}; oracle/truth Pearson on 1000 background "
+          f"sequences: guide {float(r_g):.3f}, judge {float(r_j):.3f}; base model trained in {t_train:.0f} s")
+    steps, num = (16, 8) if q else (64, 64)
+    rows = []
+    for seed in ((0,) if q else (0, 1, 2)):
+        gen = lambda k: torch.Generator().manual_seed(5000 + 1000 * seed + k)  # noqa: E731
+        base = sample_best_of_n(model, proc, guide, (num, L), steps, n=1, generator=gen(0))
+        res = [("base", 1, base)]
+        for M in ((4,) if q else (4, 8)):
+            sv = sample_svdd(model, proc, guide, (num, L), steps, num_candidates=M, generator=gen(M))
+            nb = max(1, round(sv.model_evals_per_design / base.model_evals_per_design))
+            bon = sample_best_of_n(model, proc, guide, (num, L), steps, n=nb, generator=gen(100 + M))
+            N = max(2, round(sv.model_evals_per_design / steps))
+            lam = 2.0 / float(y.std())
+            smc = sample_smc(model, proc, guide, (num, L), steps, num_particles=N, lam=lam, generator=gen(200 + M))
+            res += [("svdd-pm", M, sv), ("best-of-n", M, bon), ("smc", M, smc)]
+        for method, M, r in res:
+            row = {"method": method, "M": M, "seed": seed, "model_evals_per_design": r.model_evals_per_design,
+                   "reward_evals_per_design": r.reward_evals_per_design}
+            for name, f in (("guide", guide), ("judge", judge), ("truth", truth)):
+                v = f(r.x)
+                row[f"{name}_median"] = float(v.median())
+                row[f"{name}_top10"] = float(torch.quantile(v, 0.9))
+            rows.append(row)
+            print(f"[hidden] seed {seed} {method:9s} M={M}: evals {row['model_evals_per_design']:.0f}; median "
+                  f"guide {row['guide_median']:.3f} judge {row['judge_median']:.3f} truth {row['truth_median']:.3f}")
+    keys = sorted({(r["method"], r["M"]) for r in rows})
+    agg = []
+    print("[hidden] method M evals/design | median guide judge truth | top-10% guide judge truth (mean over seeds)")
+    for method, M in keys:
+        rs = [r for r in rows if r["method"] == method and r["M"] == M]
+        a = {"method": method, "M": M, "seeds": len(rs)}
+        for k in rs[0]:
+            if k not in ("method", "M", "seed"):
+                a[k] = sum(r[k] for r in rs) / len(rs)
+        agg.append(a)
+        print(f"[hidden] {method:9s} {M:2d} {a['model_evals_per_design']:7.1f} | {a['guide_median']:.3f} "
+              f"{a['judge_median']:.3f} {a['truth_median']:.3f} | {a['guide_top10']:.3f} {a['judge_top10']:.3f} "
+              f"{a['truth_top10']:.3f}")
+    out["hidden"] = {"guide_truth_pearson": float(r_g), "judge_truth_pearson": float(r_j),
+                     "data_median_activity": float(y.median()), "rows": rows, "aggregate": agg,
+                     "seconds": time.perf_counter() - t0}
+
+
 def figure(parts, path):
     import matplotlib
 
@@ -176,14 +267,17 @@ def main():
     torch.set_num_threads(1)
     q = args.quick
     t_all = time.perf_counter()
-    out = {"config": {"quick": q, "python": platform.python_version(), "torch": torch.__version__}}
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if not parts or set(parts) - {"motif", "hidden", "rna"}:
+        raise SystemExit(f"--parts: a comma-separated subset of motif,hidden,rna, got {args.parts!r}")
+    out = {"config": {"quick": q, "parts": parts, "python": platform.python_version(), "torch": torch.__version__}}
     aggs = {}
     steps = 16 if q else 64
     num = 8 if q else 64
     Ms = (2, 4) if q else (2, 4, 8, 16)
     seeds = (0,) if q else (0, 1, 2)
     proc = MaskedProcess(4)
-    if "motif" in args.parts:
+    if "motif" in parts:
         t0 = time.perf_counter()
         L = 64
         data = planted(400 if q else 4000, L, 0.3, seed=0)
@@ -218,7 +312,10 @@ def main():
                   f"{a['mean_reward']:.3f}({a['mean_reward_sd']:.3f}) {a['elbo_nats']:8.2f} {a['kmer3_corr']:.3f} "
                   f"{a['diversity']:.3f} {a['reward_evals_per_design']:8.1f}")
         write(out, aggs, q)
-    if "rna" in args.parts:
+    if "hidden" in parts:
+        hidden_part(args, q, out, aggs)
+        write(out, aggs, q)
+    if "rna" in parts:
         t0 = time.perf_counter()
         L = len(RNA_TARGET)
         data = order2_markov(300 if q else 3000, L, seed=5)
@@ -242,10 +339,13 @@ def main():
 
 
 def write(out, aggs, quick):
-    """Write the JSON and the figure (after each part, so a finished part is kept)."""
+    """Write the JSON and the figure (after each part, so a finished part is kept). Runs without the
+    ``motif`` part write ``sequence_design_<parts>.json``, so they never overwrite the headline."""
     res_dir = Path(__file__).resolve().parent / "results"
     res_dir.mkdir(exist_ok=True)
-    name = "sequence_design_quick" if quick else "sequence_design"
+    parts = out["config"]["parts"]
+    name = "sequence_design" if "motif" in parts else "sequence_design_" + "_".join(parts)
+    name += "_quick" if quick else ""
     (res_dir / f"{name}.json").write_text(json.dumps(out, indent=1, default=str))
     if aggs:
         figure(aggs, res_dir / f"{name}.png")
