@@ -11,8 +11,8 @@ __version__ = "0.1.0"
 
 # Names load on first use (PEP 562), so that ``import sciffusion`` (and the ``sciffusion --help``
 # command line) does not pay for torch until something needs it.
-_SUBMODULES = ("categorical", "denoisers", "likelihood", "losses", "nn", "processes", "samplers", "schedules",
-               "smc", "testing", "training", "utils")
+_SUBMODULES = ("categorical", "constraints", "denoisers", "likelihood", "losses", "nn", "processes", "samplers",
+               "schedules", "smc", "testing", "training", "utils")
 _NAMES = {"Denoiser": "denoisers", "log_likelihood": "likelihood", "EDM": "processes", "VE": "processes",
           "VP": "processes", "JointProcess": "processes", "Linear": "processes", "SubVP": "processes",
           "get_process": "processes", "SAMPLERS": "samplers", "get_sampler": "samplers", "sample": "samplers",
@@ -35,4 +35,4 @@ def __dir__():
 
 __all__ = ["Denoiser", "log_likelihood", "categorical", "likelihood", "VP", "SubVP", "VE", "EDM", "Linear", "JointProcess", "get_process", "SAMPLERS",
            "get_sampler", "sample", "get_schedule", "fit", "denoisers", "losses", "nn", "processes",
-           "samplers", "schedules", "smc", "testing", "training", "utils"]
+           "samplers", "schedules", "smc", "testing", "training", "utils", "constraints"]

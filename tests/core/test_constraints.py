@@ -489,3 +489,9 @@ def test_log_likelihood_on_the_subspace_is_exact():
                          generator=_gen(7), **kw).logp
     err = est - ref
     assert abs(float(err.mean())) < 4 * float(err.std()) / math.sqrt(64) + 1e-9, (err.mean(), err.std())
+
+
+def test_constraints_is_a_public_submodule():
+    import sciffusion
+
+    assert sciffusion.constraints.SymmetricAdjacency is SymmetricAdjacency and "constraints" in sciffusion.__all__
