@@ -713,8 +713,9 @@ def _selfcheck(args) -> dict:
     cov = torch.diag(torch.linspace(0.5, 1.5, d, dtype=torch.float64))
     law = GaussianMixture.gaussian(mean, cov)
     data = law.sample(args.data, torch.Generator().manual_seed(0)).float()
-    torch.manual_seed(0)
-    model = MLP(d, hidden=args.hidden, depth=2)
+    with torch.random.fork_rng(devices=[]):  # same initial weights on every rank, caller's RNG untouched
+        torch.manual_seed(0)
+        model = MLP(d, hidden=args.hidden, depth=2)
     proc = VP()
     loss = lambda m, x, g: dsm_loss(m, x, proc, generator=g)  # noqa: E731
     barrier()
