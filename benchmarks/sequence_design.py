@@ -235,6 +235,9 @@ def hidden_part(args, q, out, aggs):
                      "seconds": time.perf_counter() - t0}
 
 
+COLORS = {"svdd-pm": "C0", "svdd-mc": "C1", "best-of-n": "C2", "smc": "C3", "base": "C4"}  # same in every panel
+
+
 def figure(parts, path):
     import matplotlib
 
@@ -248,7 +251,7 @@ def figure(parts, path):
                          if a["method"] == method)
             if pts:
                 xs, ys, es = zip(*pts)
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method, color=COLORS[method])
         ax.set_xscale("log")
         ax.set_xlabel("model evaluations per design (NFE)")
         ax.set_ylabel("mean reward")
