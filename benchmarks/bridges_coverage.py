@@ -62,6 +62,32 @@ def repressilator_recovery(seed: int = 11) -> dict:
             "setup": "200 paths, t in [0, 3], Euler-Maruyama at h = 0.01 observed at every step"}
 
 
+def _summarise(report: dict) -> None:
+    names = list(TRUE)
+    rows = report["datasets"]
+    m = len(rows)
+    report["coverage_percentile"] = {k: sum(r["covered"][j] for r in rows) / m for j, k in enumerate(names)}
+    report["coverage_basic"] = {k: sum(r["covered_basic"][j] for r in rows) / m for j, k in enumerate(names)}
+    report["coverage_se"] = math.sqrt(report["level"] * (1 - report["level"]) / m)
+    report["failed_replicates"] = sum(r["num_failed"] for r in rows)
+    print(f"coverage over {m} data sets of nominal {report['level']:.0%} intervals "
+          f"(binomial s.e. {report['coverage_se']:.3f}):")
+    print(f"  basic (log scale, the default): {json.dumps(report['coverage_basic'])}")
+    print(f"  percentile:                     {json.dumps(report['coverage_percentile'])}")
+    print(f"failed or unconverged replicates: {report['failed_replicates']} of {m * report['boot']}")
+
+
+def merge(parts, out: Path) -> None:
+    reports = [json.loads(Path(p).read_text()) for p in parts]
+    merged = dict(reports[0])
+    merged["datasets"] = sorted((r for rep in reports for r in rep["datasets"]), key=lambda r: r["dataset"])
+    merged["parts"] = [str(p) for p in parts]
+    merged["seconds"] = sum(rep.get("seconds", 0.0) for rep in reports)
+    merged["command"] = reports[0]["command"] + " (run in parts with --start, combined with --merge)"
+    _summarise(merged)
+    out.write_text(json.dumps(merged, indent=2, allow_nan=False))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", type=int, default=20)
@@ -69,22 +95,32 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=150, help="individuals per snapshot")
     ap.add_argument("--level", type=float, default=0.9)
     ap.add_argument("--max-step", type=float, default=0.1, help="bridge / LNA grid step")
+    ap.add_argument("--start", type=int, default=0, help="index of the first data set (to split a run in parts)")
+    ap.add_argument("--out", type=Path, default=OUT, help="JSON to write")
+    ap.add_argument("--merge", type=Path, nargs="+", help="combine part JSONs into --out and print the coverage")
+    ap.add_argument("--resample", choices=("snapshots", "model"), default="snapshots",
+                    help="nonparametric (resample snapshots) or parametric (simulate the fitted reference) bootstrap")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     t_start = time.perf_counter()
     report = {"command": f"OMP_NUM_THREADS=1 python benchmarks/bridges_coverage.py --datasets {args.datasets} "
-                         f"--boot {args.boot} --n {args.n} --max-step {args.max_step}",
+                         f"--boot {args.boot} --n {args.n} --max-step {args.max_step} --resample {args.resample}",
+              "resample": args.resample,
               "level": args.level, "truth": TRUE, "n": args.n, "boot": args.boot, "max_step": args.max_step,
               "repressilator": repressilator_recovery(), "datasets": []}
     print("repressilator (n=3.3, k=1.17):", json.dumps(report["repressilator"]["estimate"]),
           "z:", json.dumps({k: round(v, 2) for k, v in report["repressilator"]["z"].items()}), flush=True)
     names = list(TRUE)
     truth = torch.tensor([TRUE[k] for k in names], dtype=F64)
-    for i in range(args.datasets):
+    for i in range(args.start, args.start + args.datasets):
         t0 = time.perf_counter()
         snaps = simulate(args.n, seed=1000 + i)
         g = torch.Generator().manual_seed(i)
         res = fit_bridge(snaps, LotkaVolterra(sigma=0.1), iterations=6, generator=g, max_step=args.max_step)
-        bs = bootstrap(snaps, res, num_boot=args.boot, level=args.level, generator=g, method="basic")
+        bs = bootstrap(snaps, res, num_boot=args.boot, level=args.level, generator=g, method="basic",
+                       resample=args.resample)
         est, lo, hi = bs["estimate"], bs["lower"], bs["upper"]
         # the percentile interval from the same replicates (positive rates: log scale = any monotone scale)
         q = torch.tensor([(1 - args.level) / 2, (1 + args.level) / 2], dtype=F64)
@@ -103,8 +139,8 @@ def main() -> None:
         report["coverage_se"] = math.sqrt(args.level * (1 - args.level) / m)
         report["failed_replicates"] = sum(r["num_failed"] for r in report["datasets"])
         report["seconds"] = round(time.perf_counter() - t_start, 1)
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(report, indent=2, allow_nan=False))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, allow_nan=False))
         print(f"data set {i}: covered {row['covered']} basic {row['covered_basic']} failed {bs['num_failed']} "
               f"({row['seconds']} s)", flush=True)
     print(f"coverage of nominal {args.level:.0%} percentile intervals over {m} data sets "

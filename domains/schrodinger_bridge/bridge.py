@@ -235,12 +235,16 @@ def fit_bridge(snapshots: Snapshots, reference: Reference, *, iterations: int = 
 
 
 def bootstrap(snapshots: Snapshots, fit: BridgeFit, *, num_boot: int = 20, iterations: int = 4,
-              level: float = 0.9, tol: float = 1e-3, method: str = "basic",
-              generator: torch.Generator | None = None, **kwargs) -> dict:
+              level: float = 0.9, tol: float = 1e-3, method: str = "basic", resample: str = "snapshots",
+              sim_step: float = 2e-3, generator: torch.Generator | None = None, **kwargs) -> dict:
     r"""Bootstrap intervals for the reference parameters.
 
-    Each replicate resamples every snapshot with replacement and reruns :func:`fit_bridge`
-    from the fitted reference (no warm-up, at most ``iterations`` passes). Only replicates whose
+    Each replicate draws new snapshots and reruns :func:`fit_bridge` from the fitted reference (no
+    warm-up, at most ``iterations`` passes). ``resample="snapshots"`` (nonparametric) resamples
+    every snapshot with replacement; ``resample="model"`` (parametric) keeps the first snapshot
+    resampled and simulates every later one afresh from the fitted reference (Euler–Maruyama,
+    ``sim_step``), each individual started from a draw of the first snapshot, which is how
+    destructive snapshot data arise. Only replicates whose
     refit converged (:attr:`BridgeFit.converged`: parameter change below ``tol`` after a refit that
     finished without error) enter the intervals; the others are counted and reported, never
     returned as estimates (a failed refit keeps its starting point, the estimate itself, and
@@ -275,9 +279,14 @@ def bootstrap(snapshots: Snapshots, fit: BridgeFit, *, num_boot: int = 20, itera
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if method not in ("basic", "percentile"):
         raise ValueError(f"method must be 'basic' or 'percentile', got {method!r}")
+    if resample not in ("snapshots", "model"):
+        raise ValueError(f"resample must be 'snapshots' or 'model', got {resample!r}")
     samples, failures = [], []
     for b in range(num_boot):
-        xs = [x[torch.randint(x.shape[0], (x.shape[0],), generator=generator)] for x in snapshots.xs]
+        if resample == "snapshots":
+            xs = [x[torch.randint(x.shape[0], (x.shape[0],), generator=generator)] for x in snapshots.xs]
+        else:
+            xs = _simulate_snapshots(fit.reference, snapshots, sim_step, generator)
         boot = Snapshots(snapshots.times, xs)
         try:
             res = fit_bridge(boot, fit.reference, iterations=iterations, warmup=False, generator=generator,
@@ -313,3 +322,17 @@ def bootstrap(snapshots: Snapshots, fit: BridgeFit, *, num_boot: int = 20, itera
         lo, hi = from_u(q_lo), from_u(q_hi)
     return {"estimate": est, "lower": lo, "upper": hi, "samples": S, "method": method,
             "num_boot": num_boot, "num_failed": len(failures), "failures": failures}
+
+
+def _simulate_snapshots(reference: Reference, snapshots: Snapshots, sim_step: float, generator) -> list:
+    """New snapshots of ``reference`` with the sizes and times of ``snapshots``: fresh individuals at
+    every time, each started from a draw (with replacement) of the first snapshot."""
+    x0 = snapshots.xs[0]
+    counts = snapshots.counts
+    starts = x0[torch.randint(x0.shape[0], (sum(counts),), generator=generator)]
+    paths = reference.simulate(starts, snapshots.times, generator=generator, max_step=sim_step)
+    out, i = [], 0
+    for k, n in enumerate(counts):
+        out.append(paths[i:i + n, k])
+        i += n
+    return out

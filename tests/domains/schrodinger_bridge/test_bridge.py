@@ -193,3 +193,15 @@ def test_a_failed_refit_is_not_convergence(monkeypatch):
     assert res.history[1]["param_change"] == 0.0  # the change that used to pass for convergence
     with pytest.raises(RuntimeError, match="only 0 of 2 replicates converged"):
         bootstrap(snaps, res, num_boot=2, iterations=3, generator=g)
+
+
+def test_parametric_bootstrap_simulates_fresh_snapshots(ou_data):
+    """resample="model": replicates are refits on snapshots simulated from the fitted reference (sizes
+    and times kept); intervals are ordered and informative; a bad choice is named."""
+    P, _, g = ou_data
+    train = as_snapshots([P[:60, k] for k in range(0, 9, 4)], TIMES[::4])
+    res = fit_bridge(train, Linear(torch.zeros(2, 2), sigma=0.2), iterations=3, generator=g, max_step=0.5)
+    bs = bootstrap(train, res, num_boot=3, iterations=4, resample="model", sim_step=0.01, generator=g)
+    assert bs["samples"].shape[1] == 6 and (bs["lower"] < bs["upper"]).all()
+    with pytest.raises(ValueError, match="resample"):
+        bootstrap(train, res, resample="jackknife")
