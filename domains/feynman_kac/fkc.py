@@ -143,9 +143,9 @@ class Target:
         if not self.total > 0:
             raise ValueError(f"exponents sum to {self.total:g}; the target prod_k q_k^a_k is improper "
                              "(not normalisable) unless sum_k a_k > 0")
-        names = {repr(e.process) for e in self.experts}
-        if len(names) > 1:
-            raise ValueError(f"experts must share one process, got {sorted(names)}")
+        if len({e.process for e in self.experts}) > 1:  # processes compare by value
+            names = sorted({repr(e.process) for e in self.experts})
+            raise ValueError(f"experts must share one process, got {names}")
         if self.reward is not None and not callable(self.reward):
             raise TypeError("reward must be callable r(x) -> (B,)")
         if not math.isfinite(float(self.reward_scale)):
