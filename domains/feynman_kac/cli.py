@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from sciffusion.cli import finite_float, nonnegative_float, positive_float, positive_int, unit_interval
 from sciffusion.processes import get_process
 from sciffusion.testing import GaussianMixture
 
@@ -79,10 +80,7 @@ def compare(kind: str, *, process: str = "vp", beta: float = 3.0, w: float = 2.0
 
 
 def _plot_tour(path: Path, results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # no backend chosen: pyplot picks a non-interactive one headless
 
     fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.2))
     for ax, (kind, (res, mixtures, exps, proc)) in zip(axes, results.items()):
@@ -126,7 +124,9 @@ def tour(out_dir: Path, quick: bool) -> dict:
 
 def _cmd(args) -> int:
     kind = args.fkc_command
-    noise = args.noise if args.noise in ("auto", "target_score", "tempered") else float(args.noise)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a folder")
+    noise = args.noise
     rows, res = compare(kind, process=args.process, beta=getattr(args, "beta", 3.0), w=getattr(args, "w", 2.0),
                         particles=args.particles, steps=args.steps, noise=noise, threshold=args.threshold,
                         seed=args.seed)
@@ -141,6 +141,18 @@ def _cmd(args) -> int:
     return 0
 
 
+def _noise(text: str):
+    """``--noise``: auto, target_score, tempered or a number >= 0 (checked before any work)."""
+    import argparse
+
+    if text in ("auto", "target_score", "tempered"):
+        return text
+    try:
+        return nonnegative_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto, target_score, tempered or a number >= 0, got {text!r}")
+
+
 def register_cli(subparsers) -> None:
     """``sciffusion fkc {anneal,product,cfg}``: FKC on exact 1-D mixtures, compared with the exact target."""
     p = subparsers.add_parser("fkc", help="Feynman-Kac correctors: annealing, products, guidance (exact demo)")
@@ -148,19 +160,21 @@ def register_cli(subparsers) -> None:
     for name, help_ in (("anneal", "q^beta"), ("product", "q1 * q2"), ("cfg", "q^(1-w) q(.|c)^w")):
         s = sub.add_parser(name, help=help_)
         if name == "anneal":
-            s.add_argument("--beta", type=float, default=3.0, help="inverse temperature (> 0)")
+            s.add_argument("--beta", type=positive_float, default=3.0, help="inverse temperature (> 0)")
         if name == "cfg":
-            s.add_argument("--w", type=float, default=2.0, help="guidance weight")
-        s.add_argument("--process", default="vp", help="vp, subvp, ve, edm or linear")
-        s.add_argument("--particles", type=int, default=4096)
-        s.add_argument("--steps", type=int, default=200)
-        s.add_argument("--noise", default="auto", help="SDE noise level: auto (default: eta = min(max(A, 1), 3) for "
+            s.add_argument("--w", type=finite_float, default=2.0, help="guidance weight")
+        s.add_argument("--process", default="vp", choices=("vp", "subvp", "ve", "edm", "linear"),
+                       help="forward process")
+        s.add_argument("--particles", type=positive_int, default=4096, help="number of particles")
+        s.add_argument("--steps", type=positive_int, default=200, help="sampler steps")
+        s.add_argument("--noise", default="auto", type=_noise, help="SDE noise level: auto (default: eta = min(max(A, 1), 3) for "
                        "exponents summing to A, i.e. 1 for cfg, 2 for product, beta for anneal up to 3; the "
                        "setting whose bias at 200 steps is within Monte Carlo error), target_score (eta=1), "
                        "tempered (eta=1/A) "
                        "or a number eta >= 0; larger eta keeps particles nearer the target (lower weight variance)")
-        s.add_argument("--threshold", type=float, default=0.5, help="resample when ESS < threshold * N")
-        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--threshold", type=unit_interval, default=0.5,
+                       help="resample when ESS < threshold * N, in (0, 1]")
+        s.add_argument("--seed", type=int, default=0, help="random seed")
         s.add_argument("--out", type=Path, default=None, help="folder for the diagnostics figure and JSON")
         s.set_defaults(func=_cmd)
 

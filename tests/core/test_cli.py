@@ -106,3 +106,19 @@ def test_failed_command_removes_the_output_it_created(tmp_path, capsys):
     with um.patch.object(cli, "build_parser", return_value=argparse.Namespace(parse_args=lambda argv: args)):
         assert cli.main(["tour"]) == 2
     assert kept.exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["fkc", "anneal", "--particles", "-3"], "--particles"),
+    (["fkc", "anneal", "--steps", "0"], "--steps"),
+    (["fkc", "anneal", "--noise", "abc"], "--noise"),
+    (["fkc", "cfg", "--threshold", "2"], "--threshold"),
+    (["fkc", "product", "--process", "vq"], "invalid choice"),
+    (["fkc", "anneal", "--beta", "0"], "--beta"),
+])
+def test_fkc_arguments_are_checked_before_any_work(argv, needle, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("sciffusion: error:") and needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
