@@ -118,12 +118,9 @@ def build_system(system: str, cv_names: list[str], *, quick: bool = False) -> Sy
     restrained = ChiralityRestraint.from_reference(energy, (8, 6, 14, 10), torch.as_tensor(pos), k=50.0,
                                                    v0=1e-3)
     proc = VE(sigma_min=1e-3, sigma_max=0.03)  # nm; a Dirac source at the native structure
-    try:
-        from sciffusion.constraints import ZeroCenterOfMass
+    from sciffusion.constraints import ZeroCenterOfMass
 
-        proc = proc.constrain(ZeroCenterOfMass())
-    except (ImportError, AttributeError):  # core without the constraint protocol: free coordinates
-        pass
+    proc = proc.constrain(ZeroCenterOfMass())
     return SystemSpec(system, restrained, cvs, cv_names,
                       dict(lower=-math.pi, upper=math.pi, bins=72, sigma=0.35, height=0.05, gamma=8.0),
                       dict(process=proc, source_mean=torch.as_tensor(pos, dtype=torch.float32), num_steps=100,
@@ -416,10 +413,7 @@ def tour(out_dir: Path, quick: bool) -> dict:
 
 
 def _plot_tour(path: Path, spec, results) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # no backend chosen: pyplot picks a non-interactive one headless
 
     grid = torch.linspace(-3, 3, 400, dtype=torch.float64)
     dens = spec.energy.exact_x1_density(grid)

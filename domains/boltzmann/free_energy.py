@@ -298,6 +298,8 @@ def delta_f(cv_values: torch.Tensor, log_weights: torch.Tensor | None, basin_a, 
         basin_a, basin_b: :class:`Basin` or text (``"A = rest"`` for the complement of the other).
         kT: :math:`k_BT`; the result is in its unit (``kT = 1``: in kT).
         names, periodic: the CV names used by the basins and their periodicity.
+        generator: randomness of the bootstrap (default: a generator seeded with 0, so the error
+            bar of the same samples is the same on every call).
 
     Returns:
         ``dict(delta_f, stderr, ci, ess, n_a, n_b, p_a, p_b, n_bootstrap_dropped)``; ``n_a`` and
@@ -331,6 +333,8 @@ def delta_f(cv_values: torch.Tensor, log_weights: torch.Tensor | None, basin_a, 
         if block_size < 1 or block_size > n:
             raise ValueError(f"block_size must be in [1, {n}], got {block_size}")
         n_blocks = math.ceil(n / block_size)
+        if generator is None:  # reproducible error bars by default (no global RNG)
+            generator = torch.Generator().manual_seed(0)
         starts = torch.randint(0, n - block_size + 1, (n_bootstrap, n_blocks), generator=generator)
         idx = (starts[..., None] + torch.arange(block_size)).reshape(n_bootstrap, -1)[:, :n]
         la_b, lb_b = _basin_probs(ma[idx], mb[idx], lw[idx])
