@@ -75,6 +75,16 @@ def _summarise(report: dict) -> None:
     print(f"  basic (log scale, the default): {json.dumps(report['coverage_basic'])}")
     print(f"  percentile:                     {json.dumps(report['coverage_percentile'])}")
     print(f"failed or unconverged replicates: {report['failed_replicates']} of {m * report['boot']}")
+    truth = torch.tensor([TRUE[k] for k in names], dtype=F64)
+    est = torch.tensor([r["estimate"] for r in rows], dtype=F64)
+    boot_sd = torch.stack([torch.tensor(r["replicates"], dtype=F64).std(0) for r in rows]).mean(0)
+    report["estimate_sd_rel"] = dict(zip(names, (est.std(0) / truth).tolist()))
+    report["bootstrap_sd_rel"] = dict(zip(names, (boot_sd / truth).tolist()))
+    report["estimate_bias_rel"] = dict(zip(names, ((est - truth) / truth).mean(0).tolist()))
+    fmt = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items())  # noqa: E731
+    print(f"spread of the {m} estimates (sd / truth):  {fmt(report['estimate_sd_rel'])}")
+    print(f"mean bootstrap sd / truth:               {fmt(report['bootstrap_sd_rel'])}")
+    print(f"mean relative error of the estimates:    {fmt(report['estimate_bias_rel'])}")
 
 
 def merge(parts, out: Path) -> None:
