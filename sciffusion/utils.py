@@ -144,8 +144,10 @@ def _canonical(value: Any, depth: int = 0) -> str:
     if isinstance(value, Path):
         return repr(str(value))
     if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().contiguous()
-        body = t.reshape(-1).view(torch.uint8) if t.numel() and t.dtype != torch.bool else t.to(torch.uint8)
+        t = value.detach().cpu()
+        # a fresh dense copy: expanded tensors (stride 0, even in size-1 dims) cannot be viewed as bytes
+        flat = torch.empty(t.numel(), dtype=t.dtype).copy_(t.reshape(-1))
+        body = flat.view(torch.uint8) if t.numel() and t.dtype != torch.bool else flat.to(torch.uint8)
         return f"tensor({t.dtype},{tuple(t.shape)}):" + _digest_bytes(bytes(body.numpy().tobytes()))
     if type(value).__module__ == "numpy":
         import numpy as np  # numpy ships with torch's requirements here; imported only when met

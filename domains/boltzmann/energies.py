@@ -148,6 +148,30 @@ class Energy:
         raise NotImplementedError
 
 
+# attributes that do not change an energy's values (counters, execution and checking options)
+_NOT_PART_OF_THE_ENERGY = {"num_calls", "executor", "num_workers", "check_finite", "check_units",
+                           "platform", "platform_properties"}
+
+
+def energy_fingerprint(energy: Any, depth: int = 0) -> dict:
+    """What defines an energy's values, for checkpoint fingerprints: its type and public
+    attributes (tensors as they are, an OpenMM ``System`` as its serialised XML, a wrapped energy
+    such as a restraint recursively), without counters or execution options, so a resumed run
+    refuses a checkpoint written for another potential or other parameters."""
+    if hasattr(energy, "__code__") or not hasattr(energy, "__dict__"):
+        return {"callable": energy}  # a plain function: fingerprinted by its code and closure
+    out = {"type": type(energy).__qualname__}
+    for k, v in sorted(vars(energy).items()):
+        if k.startswith("_") or k in _NOT_PART_OF_THE_ENERGY:
+            continue
+        if type(v).__module__.startswith("openmm") and type(v).__name__ == "System":
+            v = _require("openmm").XmlSerializer.serialize(v)
+        elif depth < 4 and hasattr(v, "energy_and_forces") and hasattr(v, "__dict__"):
+            v = energy_fingerprint(v, depth + 1)
+        out[k] = v
+    return out
+
+
 class TorchEnergy(Energy):
     r"""An analytic potential written in torch: differentiable, forces by autograd.
 

@@ -43,6 +43,7 @@ import torch
 from sciffusion import smc
 from sciffusion.utils import check_resume, fingerprint, save_atomic
 
+from .energies import energy_fingerprint
 from .sampler import AdjointSampler, energy_and_forces
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def run_wtasbs(energy: Any, cvs: Callable, bias: Any, sampler: AdjointSampler, *
     potential = BiasPotential(cvs, bias)
     t_start = time.perf_counter()
 
-    settings = fingerprint(energy=f"{type(energy).__name__} {es} kT={getattr(energy, 'kT', None)}", cvs=cvs, bias=repr(bias), bias_sigma=repr(bias.sigma.tolist()), bias_height=bias.height,
+    settings = fingerprint(energy=energy_fingerprint(energy), cvs=cvs, bias=repr(bias), bias_sigma=repr(bias.sigma.tolist()), bias_height=bias.height,
                            bias_gamma=bias.gamma, bias_lower=repr(bias.lower.tolist()),
                            bias_upper=repr(bias.upper.tolist()), bias_bins=repr(list(bias.bins)),
                            sampler_net=sampler.net, sampler_source=sampler.source,

@@ -103,3 +103,13 @@ def test_mlp_names_an_input_dimension_mismatch():
     """Issue 12: data of another dimension surfaced as a matmul shape error deep in nn.Linear."""
     with pytest.raises(ValueError, match=r"expected \(batch, 2\).*2-dimensional"):
         MLP(2, hidden=8, depth=1)(torch.zeros(4, 3), torch.zeros(4))
+
+
+def test_expanded_tensors_fingerprint_like_their_dense_copies():
+    # stride-0 (expanded) tensors, even of size 1, are hashed by value like a dense copy
+    import torch
+
+    from sciffusion.utils import fingerprint
+
+    for t in (torch.tensor(1.5, dtype=torch.float64).expand(1), torch.arange(3.0).expand(4, 3)):
+        assert fingerprint(t=t) == fingerprint(t=t.clone(memory_format=torch.contiguous_format).contiguous() + 0)

@@ -88,6 +88,26 @@ def test_mismatched_resume_is_refused_by_name(tmp_path):
         _tiny_run(tmp_path, deposit=8)
 
 
+def test_resume_with_another_potential_of_the_same_type_is_refused(tmp_path):
+    from sciffusion.domains.boltzmann.energies import GaussianMixtureEnergy, energy_fingerprint
+
+    def run(means):
+        smp, bias = make(num_steps=4, hidden=8, depth=1)
+        return run_wtasbs(GaussianMixtureEnergy(torch.tensor(means)), x1, bias, smp, rounds=1,
+                          iterations_per_round=1, final_iterations=0, deposit_samples=4, num_samples=4,
+                          generator=torch.Generator().manual_seed(0), checkpoint=tmp_path / "ck.pt",
+                          fit_kwargs=dict(samples_per_iteration=8, gradient_steps=1, batch_size=8))
+
+    run([[0.0, 0.0]])
+    with pytest.raises(ValueError, match="energy"):
+        run([[5.0, 5.0]])
+    # the call counter is not part of what the energy is
+    e = DoubleWell2D()
+    before = energy_fingerprint(e)
+    e(torch.zeros(3, 2))
+    assert energy_fingerprint(e) == before and e.num_calls == 3
+
+
 def test_bad_input():
     smp, bias = make(num_steps=4, hidden=8, depth=1)
     g = torch.Generator()
