@@ -449,8 +449,9 @@ def fit_value_network(model, process: MaskedProcess, reward, length: int, *, num
     with torch.no_grad():
         x0 = sample_ancestral(f, process, (num_rollouts, length), num_steps, generator=generator).x
     r = reward(x0)
-    torch.manual_seed(seed)
-    vn = ValueNetwork(process.vocab_size, **net_kwargs)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights; the caller's global RNG is untouched
+        torch.manual_seed(seed)
+        vn = ValueNetwork(process.vocab_size, **net_kwargs)
     vn.mean, vn.std = float(r.mean()), float(r.std().clamp_min(1e-12))
     rz = ((r - vn.mean) / vn.std).float()
     opt = torch.optim.Adam(vn.parameters(), lr=lr)

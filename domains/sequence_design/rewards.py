@@ -60,8 +60,9 @@ class Reward:
         out = torch.as_tensor(out, dtype=torch.float64)
         if out.shape != (x.shape[0],):
             raise ValueError(f"reward {self.name!r} returned shape {tuple(out.shape)}, expected ({x.shape[0]},)")
-        if torch.isnan(out).any():
-            raise FloatingPointError(f"reward {self.name!r} returned NaN for {int(torch.isnan(out).sum())} of "
+        bad = torch.isnan(out) | (out == math.inf)  # -inf is allowed: a hard constraint (zero weight)
+        if bad.any():
+            raise FloatingPointError(f"reward {self.name!r} returned NaN or +inf for {int(bad.sum())} of "
                                      f"{x.shape[0]} sequences")
         self.calls += 1
         self.evaluations += x.shape[0]
@@ -408,8 +409,9 @@ class CNNOracle(Reward):
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
         g = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        self = cls(channels, kernel_size)
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights; the caller's global RNG is untouched
+            torch.manual_seed(seed)
+            self = cls(channels, kernel_size)
         self.mean, self.std = float(y.mean()), float(y.std().clamp_min(1e-12))
         yz = (y - self.mean) / self.std
         oh = torch.nn.functional.one_hot(x, 4).double()

@@ -103,8 +103,12 @@ def test_composition_and_counts():
 
 def test_bad_reward_output_is_reported():
     x = DNA.encode(["ACGT", "ACGA"])
-    with pytest.raises(FloatingPointError, match="NaN for 1 of 2"):
+    with pytest.raises(FloatingPointError, match="NaN or \\+inf for 1 of 2"):
         as_reward(lambda x: torch.tensor([0.0, math.nan]))(x)
+    with pytest.raises(FloatingPointError, match="for 1 of 2"):
+        as_reward(lambda x: torch.tensor([math.inf, 0.0]))(x)
+    # -inf is a hard constraint (zero weight), not an error
+    assert as_reward(lambda x: torch.tensor([-math.inf, 0.0]))(x)[0] == -math.inf
     with pytest.raises(ValueError, match=r"shape \(2, 1\), expected \(2,\)"):
         as_reward(lambda x: torch.zeros(2, 1))(x)
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
