@@ -153,7 +153,11 @@ def _train(args) -> int:
     model = GraphSDE.from_data(train, dataset=Path(dataset).name, preset=preset, kind=kind, split=idx,
                                source=source, seed=args.seed, **enc)
     out.mkdir(parents=True, exist_ok=True)
-    model.fit(train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay, seed=args.seed,
+    ema = args.ema_decay
+    if ema is None:
+        # the EMA starts at the random init and keeps d^steps of it: cap d so that share stays below e^-10
+        ema = max(0.0, min(model.config.train["ema_decay"], 1.0 - 10.0 / max(args.steps, 1)))
+    model.fit(train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=ema, seed=args.seed,
               checkpoint=out / "train_checkpoint.pt", progress=not args.no_progress)
     model.save(out)
     print(f"trained on {len(train_items)} {kind} ({len(test_items)} held out) for {model.config.steps} steps "
@@ -251,7 +255,8 @@ def register_cli(subparsers) -> None:
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--ema-decay", type=float, default=None,
-                   help="EMA decay (preset: GDSS's 0.999, for long runs; use 0.99 below a few thousand steps)")
+                   help="EMA decay (default: the preset's, GDSS's 0.999, capped at 1 - 10/steps so that the "
+                        "random init keeps a share below e^-10 of the EMA weights)")
     t.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction of the split")
     t.add_argument("--num-graphs", type=int, default=None, help="size of a synthetic set / cap on molecules")
     t.add_argument("--max-atoms", type=int, default=9, help="largest molecule kept (heavy atoms)")
