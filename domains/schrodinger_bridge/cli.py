@@ -199,7 +199,8 @@ def _cmd_fit(args) -> int:
     if args.bootstrap:
         bs = bootstrap(snaps, res, num_boot=args.bootstrap, generator=g)
         names = list(res.reference.params()) if len(res.reference.params()) == bs["estimate"].numel() else None
-        report["bootstrap"] = {"level": 0.9, "method": "percentile, converged replicates only",
+        report["bootstrap"] = {"level": 0.9, "method": f"{bs['method']} interval, parametric bootstrap, "
+                                                     "converged replicates only",
                                "parameters": names, "estimate": bs["estimate"].tolist(),
                                "lower": bs["lower"].tolist(), "upper": bs["upper"].tolist(),
                                "replicates": bs["num_boot"], "failed_replicates": bs["num_failed"],

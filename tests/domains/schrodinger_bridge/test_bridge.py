@@ -198,10 +198,12 @@ def test_a_failed_refit_is_not_convergence(monkeypatch):
 def test_parametric_bootstrap_simulates_fresh_snapshots(ou_data):
     """resample="model": replicates are refits on snapshots simulated from the fitted reference (sizes
     and times kept); intervals are ordered and informative; a bad choice is named."""
-    P, _, g = ou_data
+    P, _, _ = ou_data
+    g = torch.Generator().manual_seed(7)  # its own generator: independent of the order tests run in
     train = as_snapshots([P[:60, k] for k in range(0, 9, 4)], TIMES[::4])
     res = fit_bridge(train, Linear(torch.zeros(2, 2), sigma=0.2), iterations=3, generator=g, max_step=0.5)
-    bs = bootstrap(train, res, num_boot=3, iterations=4, resample="model", sim_step=0.01, generator=g)
-    assert bs["samples"].shape[1] == 6 and (bs["lower"] < bs["upper"]).all()
+    bs = bootstrap(train, res, num_boot=4, iterations=6, resample="model", sim_step=0.01, generator=g)
+    assert bs["samples"].shape[1] == 6 and bs["samples"].shape[0] == 4 - bs["num_failed"]
+    assert (bs["lower"] <= bs["upper"]).all()
     with pytest.raises(ValueError, match="resample"):
         bootstrap(train, res, resample="jackknife")
