@@ -143,15 +143,7 @@ class GaussianMixture:
         answered time by time, so a batch sharing one time (a sampler) costs one evaluation.
         """
 
-        def f(x, t):
-            t = as_time(t).reshape(-1)
-            if t.numel() > 1 and not bool((t == t[0]).all()):
-                out = torch.empty_like(x)
-                for tu in torch.unique(t):
-                    rows = t == tu
-                    out[rows] = f(x[rows], tu)
-                return out
-            t0 = t[0]
+        def f(x, t0):
             x64 = _as64(x)
             a, s = float(process.alpha(t0)), float(process.sigma(t0))
             da, ds = float(process.d_alpha(t0)), float(process.d_sigma(t0))
@@ -164,11 +156,28 @@ class GaussianMixture:
                 out = {"x0": x0, "v": a * eps - s * x0, "velocity": da * x0 + ds * eps}[parameterization]
             return out.to(x.dtype)
 
-        return f
+        return _time_by_time(f)
 
     def denoiser(self, process, parameterization: str = "eps") -> Denoiser:
         """A :class:`~sciffusion.denoisers.Denoiser` around the exact model."""
         return Denoiser(self.model(process, parameterization), process, parameterization)
+
+
+def _time_by_time(fn):
+    """``fn(x, t0)`` for one scalar time, as a model ``(x, t)``: a ``(B,)`` time tensor whose
+    rows differ (a DSM loss) is answered time by time; a shared time costs one call."""
+
+    def f(x, t):
+        t = as_time(t).reshape(-1)
+        if t.numel() > 1 and not bool((t == t[0]).all()):
+            out = torch.empty_like(x)
+            for tu in torch.unique(t):
+                rows = t == tu
+                out[rows] = fn(x[rows], tu)
+            return out
+        return fn(x, t[0])
+
+    return f
 
 
 def gaussian_flow_map(x, mean, cov, process, t_from, t_to) -> torch.Tensor:
@@ -321,17 +330,7 @@ class SubspaceGaussian:
     def model(self, process):
         """The exact eps model ``(x, t) -> eps`` (rows with different times answered time by time)."""
 
-        def f(x, t):
-            t = as_time(t).reshape(-1)
-            if t.numel() > 1 and not bool((t == t[0]).all()):
-                out = torch.empty_like(x)
-                for tu in torch.unique(t):
-                    rows = t == tu
-                    out[rows] = f(x[rows], tu)
-                return out
-            return self.eps(x, process, t[0]).to(x.dtype)
-
-        return f
+        return _time_by_time(lambda x, t0: self.eps(x, process, t0).to(x.dtype))
 
 
 def symmetric_basis(N: int, nodes=None) -> torch.Tensor:
