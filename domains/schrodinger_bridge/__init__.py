@@ -22,7 +22,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError('sciffusion.domains.schrodinger_bridge needs POT: pip install "sciffusion[bridges]"') from err
 
-from .bridge import BridgeFit, bootstrap, couple, fit_bridge, sample_paths
+from .bridge import BridgeFit, bootstrap, bootstrap_interval, couple, fit_bridge, sample_paths
 from .closed_form import gaussian_kl, gaussian_sb_coupling, gaussian_sb_marginal, static_residual
 from .coupling import entropic_plan, sample_chain
 from .data import Snapshots, as_snapshots, from_anndata, read_csv, to_anndata, write_csv
@@ -30,7 +30,7 @@ from .drift import DriftModel, bridge_matching_data, fit_drift
 from .references import (REFERENCES, Brownian, GradientPotential, Linear, LotkaVolterra, Reference,
                          Repressilator, get_reference, make_grid)
 
-__all__ = ["BridgeFit", "bootstrap", "couple", "fit_bridge", "sample_paths", "gaussian_kl",
+__all__ = ["BridgeFit", "bootstrap", "bootstrap_interval", "couple", "fit_bridge", "sample_paths", "gaussian_kl",
            "gaussian_sb_coupling", "gaussian_sb_marginal", "static_residual", "entropic_plan",
            "sample_chain", "Snapshots", "as_snapshots", "from_anndata", "read_csv", "to_anndata",
            "write_csv", "DriftModel", "bridge_matching_data", "fit_drift", "REFERENCES", "Brownian",

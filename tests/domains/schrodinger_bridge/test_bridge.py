@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sciffusion.domains.schrodinger_bridge import (Brownian, GradientPotential, Linear, LotkaVolterra,
-                                                   Repressilator, as_snapshots, bootstrap, fit_bridge)
+                                                   Repressilator, as_snapshots, bootstrap, bootstrap_interval,
+                                                   fit_bridge)
 from sciffusion.testing import w1_exact
 
 F64 = torch.float64
@@ -88,6 +89,34 @@ def test_bootstrap_intervals_cover_the_estimate(ou_data):
     assert (bs["lower"] <= bs["upper"]).all()
     width = bs["upper"] - bs["lower"]
     assert (width[:4] > 0).all() and (width[:4] < 0.5).all()  # A entries: informative, not degenerate
+
+
+def test_normal_interval_is_exact_when_replicates_are_gaussian():
+    """Estimate ~ N(theta, s^2) and B replicates ~ N(estimate, s^2): (estimate - theta) / sd* is exactly
+    Student-t with B - 1 degrees of freedom, so estimate +- t_{B-1} sd* covers theta with probability
+    exactly `level`. 20000 independent parameters in one call; tolerance 4 binomial s.e. (0.0085), which
+    separates it from a normal quantile (coverage P(|t_19| < 1.645) = 0.884) and from B = 20 percentiles."""
+    from scipy.stats import t as student_t
+    g = torch.Generator().manual_seed(3)
+    n, B, level = 20000, 20, 0.9
+    theta = torch.zeros(n, dtype=F64)
+    est = theta + torch.randn(n, generator=g, dtype=F64)
+    reps = est + torch.randn(B, n, generator=g, dtype=F64)
+    se = (level * (1 - level) / n) ** 0.5
+    lo, hi = bootstrap_interval(est, reps, level=level, method="normal")
+    cover = ((lo <= theta) & (theta <= hi)).to(F64).mean()
+    assert abs(cover - level) < 4 * se, cover
+    z_cover = 2 * student_t.cdf(1.6448536, B - 1) - 1  # what a normal quantile would give
+    assert level - z_cover > 4 * se  # the check above can tell the two apart
+    lo_p, hi_p = bootstrap_interval(est, reps, level=level, method="percentile")
+    assert ((lo_p <= theta) & (theta <= hi_p)).to(F64).mean() < level - 4 * se  # B = 20 percentiles under-cover
+    # log scale: the interval of a positive parameter is the exp of the interval of its log
+    lo_l, hi_l = bootstrap_interval(est.exp(), reps.exp(), level=level, log_scale=torch.ones(n, dtype=torch.bool))
+    assert torch.allclose(lo_l.log(), lo) and torch.allclose(hi_l.log(), hi)
+    with pytest.raises(ValueError, match="method"):
+        bootstrap_interval(est, reps, method="bca")
+    with pytest.raises(ValueError, match="samples"):
+        bootstrap_interval(est, reps[:1])
 
 
 def test_potential_reference_runs_through_the_loop():
