@@ -80,16 +80,21 @@ def _bond_type(order: int):
 
 
 def canonical_smiles(mol_or_smiles) -> str | None:
-    """RDKit canonical SMILES of a molecule or SMILES string; None when it does not parse."""
+    """RDKit canonical SMILES of a molecule or SMILES string; None when the string does not parse.
+
+    Raises:
+        TypeError: ``mol_or_smiles`` is neither a ``str`` nor an RDKit ``Mol``.
+    """
     Chem = _chem()
+    if not isinstance(mol_or_smiles, (str, Chem.Mol)):
+        raise TypeError(f"mol_or_smiles must be a SMILES string or an RDKit Mol, got {type(mol_or_smiles).__name__}")
     with _QuietRDKit():
+        # MolFromSmiles reports a parse or sanitisation failure by returning None (it does not
+        # raise); MolToSmiles writes any Mol, sanitised or not, so nothing else is caught here
         mol = Chem.MolFromSmiles(mol_or_smiles) if isinstance(mol_or_smiles, str) else mol_or_smiles
         if mol is None:
             return None
-        try:
-            return Chem.MolToSmiles(mol)
-        except Exception:  # noqa: BLE001 - RDKit raises several types
-            return None
+        return Chem.MolToSmiles(mol)
 
 
 def mol_to_graph(mol, atom_types: Sequence[str] = ATOM_TYPES):
@@ -97,13 +102,16 @@ def mol_to_graph(mol, atom_types: Sequence[str] = ATOM_TYPES):
 
     Raises:
         ValueError: an atom outside ``atom_types``, a charged atom or radical, or a bond that is
-            not single, double or triple after kekulisation.
+            not single, double or triple after kekulisation (e.g. a dative ``->`` bond).
+        rdkit.Chem.rdchem.KekulizeException: kekulisation fails (an unsanitised aromatic
+            molecule; a subclass of ValueError).
     """
     import networkx as nx
 
     Chem = _chem()
     mol = Chem.Mol(mol)
     Chem.Kekulize(mol, clearAromaticFlags=True)
+    encoded = {Chem.BondType.SINGLE: 1.0, Chem.BondType.DOUBLE: 2.0, Chem.BondType.TRIPLE: 3.0}
     g = nx.Graph()
     for atom in mol.GetAtoms():
         sym = atom.GetSymbol()
@@ -113,10 +121,11 @@ def mol_to_graph(mol, atom_types: Sequence[str] = ATOM_TYPES):
             raise ValueError(f"atom {atom.GetIdx()} ({sym}) is charged or a radical")
         g.add_node(atom.GetIdx(), atom=sym)
     for bond in mol.GetBonds():
-        order = bond.GetBondTypeAsDouble()
-        if order not in (1.0, 2.0, 3.0):
-            raise ValueError(f"bond {bond.GetIdx()} has order {order}; only 1, 2, 3 are encoded")
-        g.add_edge(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx(), weight=order)
+        # by bond type, not GetBondTypeAsDouble: a dative bond also has order 1.0 there
+        if bond.GetBondType() not in encoded:
+            raise ValueError(f"bond {bond.GetIdx()} is {bond.GetBondType()}; only single, double and triple "
+                             "bonds are encoded")
+        g.add_edge(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx(), weight=encoded[bond.GetBondType()])
     return g
 
 
@@ -129,8 +138,10 @@ def smiles_to_graphs(
     sanitise it), ``too_large`` (more than ``max_atoms`` heavy atoms), ``atom_type`` (an atom
     outside ``atom_types``), ``charged`` (formal charges or radicals: the encoding has no
     charge channel, so such a molecule could not be decoded back), ``fragments`` (a ``.``
-    mixture or salt), ``kekulize`` (kekulisation failed), ``empty``. A warning summarises the
-    skips; nothing raises mid-dataset.
+    mixture or salt), ``kekulize`` (kekulisation failed), ``bond_type`` (a bond other than
+    single, double or triple after kekulisation, e.g. dative), ``empty``. A warning summarises
+    the skips; bad data never raises mid-dataset (errors other than these RDKit / encoding
+    ones, i.e. programming errors, do propagate).
 
     Args:
         smiles: SMILES strings.
@@ -167,11 +178,11 @@ def smiles_to_graphs(
                 continue
             try:
                 g = mol_to_graph(mol, atom_types)
-            except ValueError:
+            except Chem.rdchem.KekulizeException:  # before ValueError: it is a subclass
                 skipped["kekulize"] += 1
                 continue
-            except Exception:  # noqa: BLE001 - RDKit's KekulizeException and friends
-                skipped["kekulize"] += 1
+            except ValueError:  # atoms were checked by _skip_reason: a bond that is not 1, 2, 3
+                skipped["bond_type"] += 1
                 continue
             graphs.append(g)
             kept.append(Chem.MolToSmiles(mol))
@@ -338,7 +349,7 @@ def graphs_to_mols(x, adj=None, mask=None, atom_types: Sequence[str] = ATOM_TYPE
             mol = rw.GetMol()
             try:
                 Chem.SanitizeMol(mol)
-            except Exception:  # noqa: BLE001 - AtomValenceException, KekulizeException, ...
+            except Chem.rdchem.MolSanitizeException:  # AtomValence-, AtomKekulize-, KekulizeException
                 mol = None
             out.append(mol)
     return out

@@ -144,3 +144,53 @@ def test_load_smiles(tmp_path):
     (tmp_path / "e.txt").write_text("\n")
     with pytest.raises(ValueError, match="no SMILES"):
         load_smiles(tmp_path / "e.txt")
+
+
+def test_only_rdkit_and_encoding_errors_are_caught(monkeypatch):
+    """RDKit's sanitisation errors and the encoding's ValueError become skip counts / None; any
+    other exception (a programming error) propagates instead of being counted as bad data."""
+    from sciffusion.domains.graph_sde import molecules
+
+    # a dative bond (order 1.0 for GetBondTypeAsDouble) is not a single bond: skipped, by name
+    with pytest.warns(UserWarning, match="bond_type: 1"):
+        _, kept, skipped = smiles_to_graphs(["CCO", "CN->O"])
+    assert kept == ["CCO"] and skipped == {"bond_type": 1}
+    unsanitised = Chem.MolFromSmiles("c1cccc1", sanitize=False)  # five aromatic carbons: no Kekulé form
+    with pytest.raises(Chem.rdchem.KekulizeException):
+        molecules.mol_to_graph(unsanitised)
+
+    real = molecules.mol_to_graph
+
+    def kekulize_fails(mol, atom_types):
+        return real(unsanitised if mol.GetNumAtoms() == 2 else mol, atom_types)
+
+    monkeypatch.setattr(molecules, "mol_to_graph", kekulize_fails)
+    with pytest.warns(UserWarning, match="kekulize: 1"):
+        _, kept, skipped = smiles_to_graphs(["CCO", "CC"])
+    assert kept == ["CCO"] and skipped == {"kekulize": 1}
+
+    def bug(mol, atom_types):
+        raise RuntimeError("a bug, not bad data")
+
+    monkeypatch.setattr(molecules, "mol_to_graph", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        smiles_to_graphs(["CCO"])
+    monkeypatch.undo()
+
+    # decoding: a valence error is an invalid molecule (None), a bug in sanitisation propagates
+    x = torch.zeros(1, 2, 4)
+    x[..., 2] = 1  # two oxygens
+    adj = torch.tensor([[[0.0, 3.0], [3.0, 0.0]]])  # O#O: valence 3 > 2
+    assert graphs_to_mols(x, adj) == [None]
+
+    def broken_sanitize(mol):
+        raise RuntimeError("broken sanitiser")
+
+    monkeypatch.setattr(Chem, "SanitizeMol", broken_sanitize)
+    with pytest.raises(RuntimeError, match="broken sanitiser"):
+        graphs_to_mols(x, adj * 0)
+    monkeypatch.undo()
+
+    assert canonical_smiles("not a smiles") is None and canonical_smiles("OCC") == "CCO"
+    with pytest.raises(TypeError, match="mol_or_smiles"):
+        canonical_smiles(3)
