@@ -5,7 +5,9 @@
   ``model/model.pt`` and prints the held-out ELBO.
 * ``sciffusion sequences design --model model/ --reward gc:0.5,motif:MA0114 --method svdd-pm
   --num 64 --out designs.fasta`` — reward-guided designs as FASTA, each record's description
-  holding its reward; prints model and reward cost.
+  holding its reward; prints model and reward cost. ``--method`` is one of ``svdd-pm`` (SVDD-PM on
+  the ``--steps`` grid), ``svdd-fh`` (SVDD-PM on the first-hitting schedule, one site per step),
+  ``svdd-mc``, ``best-of-n``, ``smc``, ``base``.
 
 Every argument (FASTA contents, reward spec including JASPAR IDs, method options, the model
 file) is validated before any training, decoding or output.
@@ -61,7 +63,7 @@ def _design(args) -> int:
         raise CLIError(f"--out must be a FASTA file (.fa/.fasta/.fna), got {args.out}")
     g = torch.Generator().manual_seed(args.seed)
     kw = {}
-    if args.method in ("svdd-pm", "svdd-mc"):
+    if args.method in ("svdd-pm", "svdd-fh", "svdd-mc"):
         kw = {"num_candidates": args.candidates, "alpha": args.alpha}
     elif args.method == "best-of-n":
         kw = {"n": args.candidates}
@@ -108,9 +110,10 @@ def register_cli(subparsers) -> None:
     d.add_argument("--method", default="svdd-pm", choices=METHODS)
     d.add_argument("--num", type=positive_int, default=64, help="number of designs")
     d.add_argument("--out", required=True, type=Path, help="FASTA file to write")
-    d.add_argument("--steps", type=positive_int, default=64, help="decoding steps")
+    d.add_argument("--steps", type=positive_int, default=64,
+                   help="decoding steps (svdd-fh takes one step per site and ignores it)")
     d.add_argument("--candidates", type=positive_int, default=8,
-                   help="M for svdd-*, N for best-of-n, particles per design for smc")
+                   help="M for svdd-pm/svdd-fh/svdd-mc, N for best-of-n, particles per design for smc")
     d.add_argument("--alpha", type=nonnegative_float, default=0.0, help="SVDD selection temperature (0 = argmax)")
     d.add_argument("--lam", type=positive_float, default=1.0, help="SMC tilt strength (target p * exp(lam * r))")
     d.add_argument("--rollouts", type=positive_int, default=1024, help="svdd-mc: base rollouts for the value net")

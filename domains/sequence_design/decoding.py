@@ -170,6 +170,14 @@ def _start(model, process, shape, x):
                         max_len=getattr(model, "max_len", None))
 
 
+def _check_selection(num_candidates, alpha):
+    """The SVDD decoders' shared arguments: ``M`` a positive int, ``alpha`` a finite number >= 0."""
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+        raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
+    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and alpha >= 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+
+
 def _probs(model, x, temperature, top_p):
     return model_probs(model(x), temperature, top_p)
 
@@ -199,12 +207,9 @@ def sample_svdd(model, process: MaskedProcess, reward, shape=None, num_steps: in
 
     Shapes: ``x (B, L)``; candidates are ``(B*M, L)``, design-major.
     """
-    if not isinstance(num_candidates, int) or num_candidates < 1:
-        raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
+    _check_selection(num_candidates, alpha)
     if value != "pm" and not callable(value):
         raise ValueError(f"value must be 'pm' or a callable x_t -> (B,), got {value!r}")
-    if not (isinstance(alpha, (int, float)) and alpha >= 0):
-        raise ValueError(f"alpha must be >= 0, got {alpha!r}")
     reward = as_reward(reward)
     c0, e0 = reward.calls, reward.evaluations
     x = _start(model, process, shape, x)
@@ -274,10 +279,7 @@ def sample_svdd_first_hitting(model, process: MaskedProcess, reward, shape=None,
     """
     from sciffusion.domains.discrete import first_hitting_step
 
-    if not isinstance(num_candidates, int) or num_candidates < 1:
-        raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
-    if not (isinstance(alpha, (int, float)) and alpha >= 0):
-        raise ValueError(f"alpha must be >= 0, got {alpha!r}")
+    _check_selection(num_candidates, alpha)
     reward = as_reward(reward)
     c0, e0 = reward.calls, reward.evaluations
     x = _start(model, process, shape, x)
@@ -469,12 +471,15 @@ def fit_value_network(model, process: MaskedProcess, reward, length: int, *, num
     return vn
 
 
-METHODS = ("svdd-pm", "svdd-mc", "best-of-n", "smc", "base")
+METHODS = ("svdd-pm", "svdd-fh", "svdd-mc", "best-of-n", "smc", "base")
 
 
 def design(method: str, model, process, reward, shape, num_steps: int = 64, *, generator=None, **kwargs):
-    """Dispatch by name: ``svdd-pm`` / ``svdd-mc`` (``value=`` a :class:`ValueNetwork` required) /
+    """Dispatch by name: ``svdd-pm`` / ``svdd-fh`` (SVDD-PM on the first-hitting schedule, one site
+    per step: ``num_steps`` is not used) / ``svdd-mc`` (``value=`` a :class:`ValueNetwork` required) /
     ``best-of-n`` (``n=``) / ``smc`` (``num_particles=``, ``lam=``) / ``base``."""
+    if method == "svdd-fh":
+        return sample_svdd_first_hitting(model, process, reward, shape, generator=generator, **kwargs)
     if method == "svdd-pm":
         return sample_svdd(model, process, reward, shape, num_steps, generator=generator, value="pm", **kwargs)
     if method == "svdd-mc":

@@ -19,7 +19,7 @@ def trained(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("method", ["svdd-pm", "svdd-mc", "best-of-n", "smc", "base"])
+@pytest.mark.parametrize("method", ["svdd-pm", "svdd-fh", "svdd-mc", "best-of-n", "smc", "base"])
 def test_design_methods_write_fasta(trained, method):
     out = trained / f"{method}.fasta"
     rc = main(["sequences", "design", "--model", str(trained / "model"), "--reward", "gc:0.5,hamming:ACGT:1",
@@ -28,6 +28,28 @@ def test_design_methods_write_fasta(trained, method):
     x, names = read_fasta(out)
     assert rc == 0 and x.shape == (3, 16) and names == ["design0", "design1", "design2"]
     assert "reward=" in out.read_text().splitlines()[0]
+
+
+def test_design_svdd_fh_is_the_first_hitting_decoder(trained, capsys):
+    """``--method svdd-fh`` runs sample_svdd_first_hitting: the FASTA holds exactly the designs (and
+    rewards) of a direct call with the CLI's seed, and the printed model cost is the first-hitting
+    one (one step per site: 1 + M (L - 1) sequences per design for L = 16, M = 3, whatever --steps)."""
+    from sciffusion.domains.sequence_design import load_base_model, parse_reward, sample_svdd_first_hitting
+
+    out = trained / "fh.fasta"
+    rc = main(["sequences", "design", "--model", str(trained / "model"), "--reward", "hamming:ACGT:1",
+               "--method", "svdd-fh", "--num", "4", "--steps", "5", "--candidates", "3", "--seed", "7",
+               "--out", str(out)])
+    assert rc == 0
+    assert f"model evals/design {1 + 3 * 15:.1f}" in capsys.readouterr().out
+    model, proc, _, alph = load_base_model(trained / "model" / "model.pt")
+    ref = sample_svdd_first_hitting(model, proc, parse_reward("hamming:ACGT:1", alph), (4, 16), num_candidates=3,
+                                    generator=torch.Generator().manual_seed(7))
+    x, _ = read_fasta(out)
+    assert torch.equal(x, ref.x)
+    rewards = [float(line.split("reward=")[1].split()[0]) for line in out.read_text().splitlines()
+               if line.startswith(">")]
+    assert rewards == pytest.approx(ref.reward.tolist(), rel=1e-5)  # written with 6 significant digits
 
 
 def test_bad_arguments_fail_before_output(trained, capsys):

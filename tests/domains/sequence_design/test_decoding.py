@@ -202,3 +202,28 @@ def test_first_hitting_svdd(setup):
     assert (c.nfe, c.model_evals) == (cm.calls, cm.rows) == (L, 300 + 300 * 4 * (L - 1))
     assert c.reward_evals == 300 * 4 * L and torch.equal(c.reward, count_zeros(c.x))
     assert float(c.reward.mean()) > float(count_zeros(b.x).mean()) + 0.5
+
+
+@pytest.mark.parametrize("kw, match", [({"num_candidates": 0}, "num_candidates must be a positive int, got 0"),
+                                       ({"num_candidates": 2.0}, "num_candidates must be a positive int"),
+                                       ({"num_candidates": True}, "num_candidates must be a positive int"),
+                                       ({"alpha": -0.1}, "alpha must be a finite number >= 0, got -0.1"),
+                                       ({"alpha": math.inf}, "alpha must be a finite number >= 0, got inf"),
+                                       ({"alpha": "0"}, "alpha must be a finite number >= 0")])
+def test_svdd_decoders_share_their_argument_checks(setup, kw, match):
+    """sample_svdd and sample_svdd_first_hitting validate M and alpha through one helper: the same
+    message for the same bad value, before any model or reward call."""
+    from sciffusion.domains.sequence_design import sample_svdd_first_hitting
+
+    _, pr, m = setup
+    cm, calls = CountingModel(m), []
+
+    def r(x):
+        calls.append(x.shape[0])
+        return count_zeros(x)
+
+    for f in (lambda: sample_svdd(cm, pr, r, (2, L), 4, **kw),
+              lambda: sample_svdd_first_hitting(cm, pr, r, (2, L), **kw)):
+        with pytest.raises(ValueError, match=match):
+            f()
+    assert cm.calls == 0 and calls == []
