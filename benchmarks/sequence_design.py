@@ -77,26 +77,38 @@ def planted(n, L, frac, seed):
     return x
 
 
-def base_model(data, cache, name, steps, width):
-    """Train the base model, or load it from ``cache`` (a rerun with the same settings reuses it)."""
+def base_model(data, cache, name, steps, width, ema_decay=None):
+    """Train the base model, or load it from ``cache`` (a rerun with the same settings reuses it).
+    ``ema_decay=None``: ``train_base_model``'s default, min(0.999, 1 - 10 / steps)."""
     from sciffusion.domains.sequence_design import load_base_model, save_base_model
 
-    path = None if cache is None else Path(cache) / f"{name}_w{width}_s{steps}_n{data.shape[0]}.pt"
+    d = min(0.999, 1.0 - 10.0 / steps) if ema_decay is None else ema_decay
+    path = None if cache is None else Path(cache) / f"{name}_w{width}_s{steps}_n{data.shape[0]}_ema{d:.5f}.pt"
     if path is not None and path.exists():
         model, proc, cfg, _ = load_base_model(path)
-        return model, proc, cfg, 0.0
+        return model, proc, {**cfg, "ema_decay": d, "steps": steps}, 0.0
     t0 = time.perf_counter()
     model, proc, cfg = train_base_model(data, arch="cnn", arch_kwargs={"channels": width, "depth": 4}, steps=steps,
-                                        batch_size=128, lr=2e-3, seed=0)
+                                        batch_size=128, lr=2e-3, ema_decay=d, seed=0)
     if path is not None:
         save_base_model(path, model, cfg)
-    return model, proc, cfg, time.perf_counter() - t0
+    return model, proc, {**cfg, "ema_decay": d, "steps": steps}, time.perf_counter() - t0
 
 
 def naturalness(res, model, proc, data, eval_seed):
     g = torch.Generator().manual_seed(eval_seed)
     return {"elbo_nats": float(elbo(model, proc, res.x, num_samples=8, generator=g).mean()),
             "kmer3_corr": kmer_correlation(res.x, data, 3), "diversity": pairwise_hamming(res.x)}
+
+
+def data_fit(model, proc, reward, data, heldout, L, steps, num=512):
+    """How well the base model fits: ELBO of training and held-out data against that of its own samples,
+    and the motif rate of its samples (``num`` each, seed 4242)."""
+    g = torch.Generator().manual_seed(4242)
+    base = sample_best_of_n(model, proc, reward, (num, L), steps, n=1, generator=g)
+    e = lambda z: float(elbo(model, proc, z, num_samples=8, generator=g).mean())  # noqa: E731
+    return {"elbo_train": e(data[:num]), "elbo_heldout": e(heldout[:num]), "elbo_samples": e(base.x),
+            "base_reward": float(base.reward.mean()), "heldout_reward": float(reward(heldout[:num]).mean())}
 
 
 def row(res, model, proc, data, eval_seed, **extra):
@@ -266,6 +278,8 @@ def main():
     ap.add_argument("--parts", default="motif")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cache", default=None, help="folder to keep trained base models in (reused by reruns)")
+    ap.add_argument("--train-steps", type=int, default=6000, help="base-model training steps (motif part)")
+    ap.add_argument("--rna-train-steps", type=int, default=4000, help="base-model training steps (rna part)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     q = args.quick
@@ -286,8 +300,14 @@ def main():
         data = planted(400 if q else 4000, L, 0.3, seed=0)
         reward = HammingMotifCount(MOTIF, 1)
         r_data = reward(data)
-        model, proc, cfg, t_train = base_model(data, args.cache, "motif", 100 if q else 1500, 32 if q else 48)
-        print(f"[motif] trained base model in {t_train:.0f} s; data mean reward {float(r_data.mean()):.3f}")
+        model, proc, cfg, t_train = base_model(data, args.cache, "motif", 100 if q else args.train_steps,
+                                               32 if q else 48)
+        print(f"[motif] base model: {cfg['steps']} steps, EMA {cfg['ema_decay']:.5f}, trained in {t_train:.0f} s "
+              f"(0 = loaded from the cache); data mean reward {float(r_data.mean()):.3f}")
+        fit_stats = data_fit(model, proc, reward, data, planted(512, L, 0.3, seed=99), L, steps)
+        print(f"[motif] ELBO nats/seq: training data {fit_stats['elbo_train']:.2f}, held-out data "
+              f"{fit_stats['elbo_heldout']:.2f}; base samples: mean reward {fit_stats['base_reward']:.3f} "
+              f"(data {float(r_data.mean()):.3f}), ELBO {fit_stats['elbo_samples']:.2f}")
         vn = fit_value_network(model, proc, reward, L, num_rollouts=256 if q else 1024, num_steps=steps,
                                train_steps=50 if q else 400, batch_size=128,
                                generator=torch.Generator().manual_seed(7), channels=32, depth=3)
@@ -305,6 +325,7 @@ def main():
                   f"best-of-N {b['mean_reward']:.3f} @ {b['model_evals_per_design']:.0f} evals: "
                   f"ratio {heads[M]['ratio']:.2f}")
         out["motif"] = {"data_mean_reward": float(r_data.mean()), "train_seconds": t_train, "config": cfg,
+                        "base_fit": fit_stats,
                         "value_net_training_model_evals": vn.training_model_evals,
                         "value_net_training_reward_evals": vn.training_reward_evals,
                         "rows": rows, "aggregate": agg, "headline": heads,
@@ -324,7 +345,7 @@ def main():
         data = order2_markov(300 if q else 3000, L, seed=5)
         reward = StructureDistance(RNA_TARGET)
         r_data = reward(data[:500])
-        model, proc, cfg, _ = base_model(data, args.cache, "rna", 100 if q else 1500, 32 if q else 48)
+        model, proc, cfg, _ = base_model(data, args.cache, "rna", 100 if q else args.rna_train_steps, 32 if q else 48)
         print(f"[rna] trained in {time.perf_counter() - t0:.0f} s; data mean reward {float(r_data.mean()):.2f}")
         rows = run_methods(model, proc, reward, data, L, 16 if q else 50, 8 if q else 32, (2, 4) if q else (4, 8),
                            (0,) if q else (0, 1, 2), lam=1.0)

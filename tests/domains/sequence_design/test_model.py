@@ -30,6 +30,25 @@ def test_train_save_load_and_design(tmp_path):
         load_base_model(tmp_path / "none.pt")
 
 
+def test_ema_decay_default_is_one_minus_ten_over_steps():
+    """The default EMA decay is min(0.999, 1 - 10 / steps): 20 steps give exactly the weights of
+    discrete.train with ema_decay = 0.5 (same seed, same data order: bit-identical), so the returned
+    copy keeps 0.5^20 ~ 1e-6 of the initialisation, not 0.999^20 = 98%."""
+    from sciffusion.domains.discrete.train import train
+
+    x = torch.randint(4, (64, 12), generator=torch.Generator().manual_seed(0))
+    kw = {"arch_kwargs": {"channels": 8, "depth": 2}, "steps": 20, "batch_size": 16, "lr": 2e-3, "seed": 0}
+    model, _, _ = train_base_model(x, **kw)
+    ref, _, _ = train(x, vocab_size=4, process="masked", schedule="loglinear", arch="cnn", ema_decay=0.5,
+                      progress=False, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.ema.state_dict().values()))
+    slow, _, _ = train_base_model(x, ema_decay=0.999, **kw)
+    assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), slow.state_dict().values()))
+    for bad in (1.0, -0.1, "0.9"):
+        with pytest.raises(ValueError, match="ema_decay must be a number in"):
+            train_base_model(x, ema_decay=bad, **kw)
+
+
 def test_elbo_is_exact_for_one_site_and_unbiased_for_the_exact_chain():
     """Figures: with the exact oracle, the ELBO of a length-1 sequence equals log p(x) exactly
     (one site: NELBO = -log p(x0 | all-mask)); for L = 6 its expectation is log p(x) (with exact
