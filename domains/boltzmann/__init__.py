@@ -13,7 +13,10 @@ where they are needed).
 * CVs (:class:`Dihedral`, :class:`CVSet`, :func:`phi_psi_alanine`, ...), free energies
   (:class:`Basin`, :func:`delta_f`, :func:`mbar_delta_f`) and OpenMM references
   (:func:`run_md`, :func:`run_metadynamics`);
-* the well-tempered loop: :func:`run_wtasbs` (rounds, frozen final stage, weights, checkpoints).
+* the well-tempered loop: :func:`run_wtasbs` (rounds, frozen final stage, weights, checkpoints);
+* internal coordinates: :class:`ZMatrix` (NeRF, exact volume element) and
+  :class:`InternalCoordinateEnergy` (the Boltzmann density over standardized bonds, angles and
+  periodic torsions, for the sampler).
 """
 
 from .cvs import CV, Coordination, CVSet, Dihedral, Distance, dihedral_angle, phi_psi_alanine
@@ -22,6 +25,7 @@ from .bias import WellTemperedBias, effective_sample_size, log_importance_weight
 from .energies import (DoubleWell2D, Energy, GaussianMixtureEnergy, LennardJones, ManyWell, MuellerBrown,
                        OpenMMEnergy, TorchEnergy, alanine_dipeptide)
 from .idem import IDEMSampler, dem_score
+from .internal import InternalCoordinateEnergy, InternalCV, ZMatrix
 from .sampler import AdjointSampler, ChiralityRestraint, ReplayBuffer, SampleResult, energy_and_forces
 from .reference import ReferenceRun, run_md, run_metadynamics
 from .wtasbs import BiasPotential, WTResult, run_wtasbs, sample_unbiased
@@ -31,4 +35,5 @@ __all__ = ["CV", "Coordination", "CVSet", "Dihedral", "Distance", "dihedral_angl
            "run_metadynamics", "Energy", "TorchEnergy", "DoubleWell2D", "MuellerBrown", "GaussianMixtureEnergy", "ManyWell",
            "LennardJones", "OpenMMEnergy", "alanine_dipeptide", "WellTemperedBias", "log_importance_weights",
            "effective_sample_size", "AdjointSampler", "ChiralityRestraint", "ReplayBuffer", "SampleResult",
-           "energy_and_forces", "IDEMSampler", "dem_score", "BiasPotential", "WTResult", "run_wtasbs", "sample_unbiased"]
+           "energy_and_forces", "IDEMSampler", "dem_score", "BiasPotential", "WTResult", "run_wtasbs", "sample_unbiased",
+           "ZMatrix", "InternalCoordinateEnergy", "InternalCV"]
