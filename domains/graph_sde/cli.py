@@ -137,7 +137,7 @@ def _train(args) -> int:
     if args.num_graphs is not None:
         _positive_int("--num-graphs", args.num_graphs)
     _positive_int("--max-atoms", args.max_atoms)
-    preset = args.preset or PRESET_OF.get(dataset, "molecules")
+    preset = PRESET_OF.get(dataset, "molecules") if args.preset is None else args.preset
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
     out = Path(args.out)

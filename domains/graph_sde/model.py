@@ -118,6 +118,8 @@ PRESETS: dict[str, dict] = {
 
 
 def _process(spec: dict):
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"a process spec must be a dict {{'name': ..., **kwargs}}, got {spec!r}")
     spec = dict(spec)
     return get_process(spec.pop("name"), **spec)
 
@@ -233,7 +235,8 @@ class GraphSDE:
         cfg = GraphSDEConfig(
             dataset=str(dataset), kind=kind, max_nodes=int(data.max_nodes), num_features=int(data.num_features),
             feature_names=list(data.feature_names), features=features, num_nodes_counts=counts,
-            x_process=dict(x_process or p["x_process"]), adj_process=dict(adj_process or p["adj_process"]),
+            x_process=dict(p["x_process"] if x_process is None else x_process),
+            adj_process=dict(p["adj_process"] if adj_process is None else adj_process),
             x_net={**p["x_net"], **(x_net or {})}, a_net={**p["a_net"], **(a_net or {})},
             train={**p["train"], **(train or {})}, sampler={**p["sampler"], **(sampler or {})},
             max_degree=max_degree, atom_types=list(atom_types) if atom_types else None, preset=preset,
@@ -358,10 +361,16 @@ class GraphSDE:
         if not isinstance(num, int) or isinstance(num, bool) or num < 1:
             raise ValueError(f"num must be a positive int, got {num!r}")
         defaults = dict(self.config.sampler)
-        name = sampler or defaults.pop("sampler", "pc")
-        defaults.pop("sampler", None)
-        steps = num_steps or defaults.pop("num_steps", 1000)
-        defaults.pop("num_steps", None)
+        stored_name = defaults.pop("sampler", "pc")
+        stored_steps = defaults.pop("num_steps", 1000)
+        name = stored_name if sampler is None else sampler
+        if num_steps is None:
+            steps = stored_steps
+        elif not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive int (or None: the model's {stored_steps}), "
+                             f"got {num_steps!r}")
+        else:
+            steps = num_steps
         if name not in SAMPLERS:
             raise ValueError(f"unknown sampler {name!r}; expected one of: {', '.join(sorted(SAMPLERS))}")
         if sampler is not None and sampler != self.config.sampler.get("sampler"):

@@ -72,6 +72,7 @@ def test_molecule_round_trip(tmp_path):
     (["train", "--dataset", "community-small", "--out", "{d}/x", "--steps", "-1"], "--steps"),
     (["train", "--dataset", "community-small", "--out", "{d}/x", "--test-fraction", "1.5"], "--test-fraction"),
     (["train", "--dataset", "community-small", "--out", "{d}/x", "--preset", "huge"], "--preset"),
+    (["train", "--dataset", "community-small", "--out", "{d}/x", "--preset", ""], "--preset"),  # not the default
     (["train", "--dataset", "community-small", "--out", "{d}/x", "--lr", "0"], "--lr"),
     (["train", "--dataset", "community-small", "--out", "{d}/x", "--ema-decay", "1"], "--ema-decay"),
     (["sample", "--model", "{d}/x", "--num", "0", "--out", "{d}/x/s.pt"], "--num"),

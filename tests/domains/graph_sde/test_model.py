@@ -108,6 +108,29 @@ def test_bad_data(trained, data):
         trained.sample(2, num_nodes=21, num_steps=2)
     with pytest.raises(ValueError, match="not molecules"):
         trained.sample_molecules(2, num_steps=2)
+    with pytest.raises(ValueError, match="process spec"):
+        GraphSDE.from_data(data, dataset="x", preset="tiny", x_process={})  # not silently the preset's
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_num_steps_is_validated_not_defaulted(trained, bad):
+    """num_steps=0 (or any non-positive / non-int) raises; it used to become the default via ``or``."""
+    with pytest.raises(ValueError, match="num_steps must be a positive int"):
+        trained.sample(2, num_steps=bad)
+
+
+def test_num_steps_none_is_the_stored_default(trained):
+    """None takes the model's num_steps (tiny preset: 50): the same draw as passing 50, and 50 S4
+    model calls (S4: one network evaluation per step)."""
+    assert trained.config.sampler["num_steps"] == 50
+    calls = []
+    hook = trained.ema.register_forward_hook(lambda *a: calls.append(1))
+    a = trained.sample(2, generator=torch.Generator().manual_seed(5))
+    n_default = len(calls)
+    b = trained.sample(2, num_steps=50, generator=torch.Generator().manual_seed(5))
+    hook.remove()
+    assert torch.equal(a.adj, b.adj) and torch.equal(a.x, b.x)
+    assert n_default == len(calls) - n_default == 50
 
 
 def test_resume_refuses_another_dataset(data, tmp_path):
