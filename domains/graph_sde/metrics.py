@@ -224,6 +224,16 @@ def _spectral_pmf(g) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def _graph_mmd(ref: Iterable, pred: Iterable, kernel: str, descriptor, sigma: float, gdss_distance: str = "emd",
+               **mmd_options) -> float:
+    """Squared MMD of ``descriptor(g)`` between ``ref`` and ``pred`` (empty generated graphs dropped):
+    ``gdss_distance`` under ``kernel="gaussian_emd"``, total variation under ``"gaussian_tv"``."""
+    _check_kernel(kernel)
+    ref, pred = _check_graphs(ref, "ref", False), _check_graphs(pred, "pred", True)
+    distance = gdss_distance if kernel == "gaussian_emd" else "tv"
+    return mmd([descriptor(g) for g in ref], [descriptor(g) for g in pred], distance, sigma, **mmd_options)
+
+
 def mmd_degree(ref: Iterable, pred: Iterable, kernel: str = "gaussian_emd", sigma: float = 1.0) -> float:
     r"""Squared MMD of degree distributions (GraphRNN/GDSS ``degree_stats``).
 
@@ -233,14 +243,7 @@ def mmd_degree(ref: Iterable, pred: Iterable, kernel: str = "gaussian_emd", sigm
         kernel: ``"gaussian_emd"`` (GDSS) or ``"gaussian_tv"``.
         sigma: Bandwidth (papers: 1).
     """
-    _check_kernel(kernel)
-    ref, pred = _check_graphs(ref, "ref", False), _check_graphs(pred, "pred", True)
-    return mmd(
-        [degree_histogram(g) for g in ref],
-        [degree_histogram(g) for g in pred],
-        "emd" if kernel == "gaussian_emd" else "tv",
-        sigma,
-    )
+    return _graph_mmd(ref, pred, kernel, degree_histogram, sigma)
 
 
 def mmd_clustering(
@@ -249,17 +252,10 @@ def mmd_clustering(
     r"""Squared MMD of clustering-coefficient histograms (100 bins on [0, 1]; GDSS
     ``clustering_stats`` with ``sigma=0.1`` and EMD ground distance in units of [0, 1],
     i.e. ``distance_scaling=bins``)."""
-    _check_kernel(kernel)
     if not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be a positive int, got {bins!r}")
-    ref, pred = _check_graphs(ref, "ref", False), _check_graphs(pred, "pred", True)
-    return mmd(
-        [clustering_histogram(g, bins) for g in ref],
-        [clustering_histogram(g, bins) for g in pred],
-        "emd" if kernel == "gaussian_emd" else "tv",
-        sigma,
-        distance_scaling=float(bins),
-    )
+    return _graph_mmd(ref, pred, kernel, lambda g: clustering_histogram(g, bins), sigma,
+                      distance_scaling=float(bins))
 
 
 def mmd_orbit(ref: Iterable, pred: Iterable, kernel: str = "gaussian_emd", sigma: float = 30.0) -> float:
@@ -269,28 +265,13 @@ def mmd_orbit(ref: Iterable, pred: Iterable, kernel: str = "gaussian_emd", sigma
     GDSS's convention, which for orbits is the Gaussian kernel on the Euclidean distance (the
     descriptor is not a histogram); ``"gaussian_tv"`` uses the total-variation distance.
     """
-    _check_kernel(kernel)
-    ref, pred = _check_graphs(ref, "ref", False), _check_graphs(pred, "pred", True)
-    return mmd(
-        [orbit_descriptor(g) for g in ref],
-        [orbit_descriptor(g) for g in pred],
-        "l2" if kernel == "gaussian_emd" else "tv",
-        sigma,
-        is_hist=False,
-    )
+    return _graph_mmd(ref, pred, kernel, orbit_descriptor, sigma, gdss_distance="l2", is_hist=False)
 
 
 def mmd_spectral(ref: Iterable, pred: Iterable, kernel: str = "gaussian_emd", sigma: float = 1.0) -> float:
     r"""Squared MMD of normalised-Laplacian spectra (200 bins on [-1e-5, 2]; GDSS
     ``spectral_stats``, SPECTRE)."""
-    _check_kernel(kernel)
-    ref, pred = _check_graphs(ref, "ref", False), _check_graphs(pred, "pred", True)
-    return mmd(
-        [_spectral_pmf(g) for g in ref],
-        [_spectral_pmf(g) for g in pred],
-        "emd" if kernel == "gaussian_emd" else "tv",
-        sigma,
-    )
+    return _graph_mmd(ref, pred, kernel, _spectral_pmf, sigma)
 
 
 _GRAPH_METRICS = {

@@ -76,44 +76,46 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MODEL_FILES = ("config.json", "weights.pt", "split.json")
 
+def _vp(beta_min: float = 0.1, beta_max: float = 1.0) -> dict:
+    return {"name": "vp", "beta_min": beta_min, "beta_max": beta_max}
+
+
+def _ve(sigma_min: float = 0.1, sigma_max: float = 1.0) -> dict:
+    return {"name": "ve", "sigma_min": sigma_min, "sigma_max": sigma_max}
+
+
+def _preset(x_process: dict, adj_process: dict, *, depth: int, width: int, layers: int, num_linears: int,
+            lr: float, batch_size: int, snr: float, scale_eps: float, c_hid: int = 8, c_final: int = 4,
+            num_heads: int = 4, weight_decay: float = 1e-4, ema_decay: float = 0.999, num_steps: int = 1000,
+            time_dim: int | None = None) -> dict:
+    """One :data:`PRESETS` entry: the X-net (``depth`` GCN layers of ``width``), the A-net (``layers``
+    attention layers of ``width``, edge channels 2 / ``c_hid`` / ``c_final``), Adam with clipping 1
+    and EMA, and the S4 sampler with ``snr`` / ``scale_eps``; ``time_dim`` None keeps the nets'
+    default time embedding."""
+    time = {} if time_dim is None else {"time_dim": time_dim}
+    return dict(
+        x_process=x_process,
+        adj_process=adj_process,
+        x_net={"depth": depth, "hidden": width, **time},
+        a_net={"num_layers": layers, "hidden": width, "attn_dim": width, "c_init": 2, "c_hid": c_hid,
+               "c_final": c_final, "num_linears": num_linears, "num_heads": num_heads, **time},
+        train={"lr": lr, "weight_decay": weight_decay, "grad_clip": 1.0, "ema_decay": ema_decay,
+               "batch_size": batch_size},
+        sampler={"sampler": "s4", "snr": snr, "scale_eps": scale_eps, "num_steps": num_steps},
+    )
+
+
 PRESETS: dict[str, dict] = {
-    "community-small": dict(
-        x_process={"name": "vp", "beta_min": 0.1, "beta_max": 1.0},
-        adj_process={"name": "vp", "beta_min": 0.1, "beta_max": 1.0},
-        x_net={"depth": 3, "hidden": 32},
-        a_net={"num_layers": 5, "hidden": 32, "attn_dim": 32, "c_init": 2, "c_hid": 8, "c_final": 4,
-               "num_linears": 2, "num_heads": 4},
-        train={"lr": 1e-2, "weight_decay": 1e-4, "grad_clip": 1.0, "ema_decay": 0.999, "batch_size": 128},
-        sampler={"sampler": "s4", "snr": 0.05, "scale_eps": 0.7, "num_steps": 1000},
-    ),
-    "molecules": dict(
-        x_process={"name": "ve", "sigma_min": 0.1, "sigma_max": 1.0},
-        adj_process={"name": "ve", "sigma_min": 0.1, "sigma_max": 1.0},
-        x_net={"depth": 2, "hidden": 16},
-        a_net={"num_layers": 3, "hidden": 16, "attn_dim": 16, "c_init": 2, "c_hid": 8, "c_final": 4,
-               "num_linears": 3, "num_heads": 4},
-        train={"lr": 5e-3, "weight_decay": 1e-4, "grad_clip": 1.0, "ema_decay": 0.999, "batch_size": 1024},
-        sampler={"sampler": "s4", "snr": 0.2, "scale_eps": 0.7, "num_steps": 1000},
-    ),
-    "zinc250k": dict(
-        x_process={"name": "vp", "beta_min": 0.1, "beta_max": 1.0},
-        adj_process={"name": "ve", "sigma_min": 0.2, "sigma_max": 1.0},
-        x_net={"depth": 2, "hidden": 16},
-        a_net={"num_layers": 6, "hidden": 16, "attn_dim": 16, "c_init": 2, "c_hid": 8, "c_final": 4,
-               "num_linears": 3, "num_heads": 4},
-        train={"lr": 5e-3, "weight_decay": 1e-4, "grad_clip": 1.0, "ema_decay": 0.999, "batch_size": 1024},
-        sampler={"sampler": "s4", "snr": 0.2, "scale_eps": 0.9, "num_steps": 1000},
-    ),
+    "community-small": _preset(_vp(), _vp(), depth=3, width=32, layers=5, num_linears=2, lr=1e-2, batch_size=128,
+                               snr=0.05, scale_eps=0.7),
+    "molecules": _preset(_ve(), _ve(), depth=2, width=16, layers=3, num_linears=3, lr=5e-3, batch_size=1024,
+                         snr=0.2, scale_eps=0.7),
+    "zinc250k": _preset(_vp(), _ve(sigma_min=0.2), depth=2, width=16, layers=6, num_linears=3, lr=5e-3,
+                        batch_size=1024, snr=0.2, scale_eps=0.9),
     # CPU-sized networks for tests, notebooks and the tour (not a GDSS setting)
-    "tiny": dict(
-        x_process={"name": "vp", "beta_min": 0.1, "beta_max": 1.0},
-        adj_process={"name": "vp", "beta_min": 0.1, "beta_max": 1.0},
-        x_net={"depth": 2, "hidden": 8, "time_dim": 8},
-        a_net={"num_layers": 2, "hidden": 8, "attn_dim": 8, "c_init": 2, "c_hid": 4, "c_final": 2,
-               "num_linears": 2, "num_heads": 2, "time_dim": 8},
-        train={"lr": 5e-3, "weight_decay": 0.0, "grad_clip": 1.0, "ema_decay": 0.95, "batch_size": 32},
-        sampler={"sampler": "s4", "snr": 0.05, "scale_eps": 0.7, "num_steps": 50},
-    ),
+    "tiny": _preset(_vp(), _vp(), depth=2, width=8, layers=2, num_linears=2, lr=5e-3, batch_size=32, snr=0.05,
+                    scale_eps=0.7, c_hid=4, c_final=2, num_heads=2, weight_decay=0.0, ema_decay=0.95, num_steps=50,
+                    time_dim=8),
 }
 
 
