@@ -3,7 +3,9 @@
 Part ``motif`` (the headline). Data: an order-2 Markov background over ACGT (transition rows
 softmax(1.5 N(0,1)), seed 0), L = 64, 4000 training sequences, with the 8-mer motif TGACTCAG
 planted (overwriting 8 sites at a uniform position) in 30% of them. Base model: the ``discrete``
-dilated-CNN masked denoiser (48 channels, depth 4, 1500 steps) trained with the ``discrete`` ELBO loss.
+dilated-CNN masked denoiser (48 channels, depth 4, ``--train-steps`` steps, EMA decay ``--ema-decay`` 0.998)
+trained with the ``discrete`` ELBO loss; its fit is reported as the ELBO of training and held-out data beside
+that of its own samples, and the motif rate of its samples beside the data's.
 Reward: windows within Hamming distance 1 of the motif (forward strand). Decoders on a 64-step
 uniform grid, 64 designs each, at matched model cost (sequences evaluated by the model per design,
 measured, not assumed):
@@ -23,10 +25,11 @@ sd 0.1. Two CNN oracles are fitted on disjoint halves: one guides the decoders, 
 ground truth judge them (the gap shows reward hacking). SVDD-PM (M = 4, 8), best-of-N and SMC at
 matched model evaluations, 64 designs, three seeds; median and 90th percentile on all three.
 
-Part ``rna`` (optional, ``--parts motif,rna``): base model (48 channels, 1500 steps) on 3000 50-nt sequences from an order-2
-Markov background over ACGU; reward = minus the ViennaRNA base-pair distance of the MFE structure
-to a fixed 50-nt two-hairpin target; SVDD-PM vs best-of-N vs SMC at matched model evaluations,
-with reward evaluations reported beside them.
+Part ``rna`` (optional, ``--parts rna``): base model (48 channels, ``--rna-train-steps`` steps) on 3000 50-nt
+sequences from an order-2 Markov background over ACGU; reward = minus the ViennaRNA base-pair distance of the
+MFE structure to a fixed 50-nt two-hairpin target; SVDD-PM vs best-of-N vs SMC at matched model evaluations
+(NFE), and best-of-N again at matched reward evaluations (N = SVDD-PM's reward evaluations per design; SMC's
+particles cost N * steps model and N * (steps + 1) reward evaluations, so one SMC run matches SVDD-PM on both).
 
 CPU budget: one thread (OMP_NUM_THREADS=1), about 4 CPU-minutes for ``motif`` and 4 for ``rna``
 (20-30 minutes of wall time each on the shared 2-core machine); ``--quick`` is a smoke run
@@ -88,8 +91,11 @@ def base_model(data, cache, name, steps, width, ema_decay=None):
         model, proc, cfg, _ = load_base_model(path)
         return model, proc, {**cfg, "ema_decay": d, "steps": steps}, 0.0
     t0 = time.perf_counter()
+    # a checkpoint beside the cached model: an interrupted run resumes, a longer one trains on
+    ckpt = None if path is None else Path(cache) / f"{name}_w{width}_n{data.shape[0]}_ema{d:.5f}.ckpt"
     model, proc, cfg = train_base_model(data, arch="cnn", arch_kwargs={"channels": width, "depth": 4}, steps=steps,
-                                        batch_size=128, lr=2e-3, ema_decay=d, seed=0)
+                                        batch_size=128, lr=2e-3, ema_decay=d, seed=0, checkpoint=ckpt,
+                                        progress=path is not None)
     if path is not None:
         save_base_model(path, model, cfg)
     return model, proc, {**cfg, "ema_decay": d, "steps": steps}, time.perf_counter() - t0
@@ -118,42 +124,55 @@ def row(res, model, proc, data, eval_seed, **extra):
     return out
 
 
-def run_methods(model, proc, reward, data, L, steps, num, Ms, seeds, lam, value_net=None, log=print):
+def run_methods(model, proc, reward, data, L, steps, num, Ms, seeds, lam, value_net=None, match_reward=False,
+                log=print):
+    """Every method at each M, matched to SVDD-PM's measured model evaluations per design (rows with
+    ``matched="nfe"``); with ``match_reward``, best-of-N once more with N = SVDD-PM's measured reward
+    evaluations per design (``matched="reward"``). SMC needs no second run: it scores every particle
+    at every step and at the end, so its N particles cost N * steps model and N * (steps + 1) reward
+    evaluations per design, and SVDD-PM's ~M * steps of each match both with the same N."""
     rows = []
     for seed in seeds:
         g = lambda k: torch.Generator().manual_seed(1000 * seed + k)  # noqa: E731
         base = sample_best_of_n(model, proc, reward, (num, L), steps, n=1, generator=g(0))
         per_sample = base.model_evals_per_design
-        rows.append(row(base, model, proc, data, seed, seed=seed, M=1))
+        rows.append(row(base, model, proc, data, seed, seed=seed, M=1, matched="-"))
         log(f"seed {seed} base: reward {rows[-1]['mean_reward']:.3f}, evals/design {per_sample:.1f}")
         for M in Ms:
+            first = len(rows)
             sv = sample_svdd(model, proc, reward, (num, L), steps, num_candidates=M, alpha=0.0, generator=g(M))
-            rows.append(row(sv, model, proc, data, seed, seed=seed, M=M))
+            rows.append(row(sv, model, proc, data, seed, seed=seed, M=M, matched="-"))
             n = max(1, round(sv.model_evals_per_design / per_sample))
             bon = sample_best_of_n(model, proc, reward, (num, L), steps, n=n, generator=g(100 + M))
-            rows.append(row(bon, model, proc, data, seed, seed=seed, M=M))
+            rows.append(row(bon, model, proc, data, seed, seed=seed, M=M, matched="nfe"))
             N = max(2, round(sv.model_evals_per_design / steps))
             smc = sample_smc(model, proc, reward, (num, L), steps, num_particles=N, lam=lam, generator=g(200 + M))
-            rows.append(row(smc, model, proc, data, seed, seed=seed, M=M,
+            rows.append(row(smc, model, proc, data, seed, seed=seed, M=M, matched="nfe",
                             resampling_steps=len(smc.extra["resample_steps"])))
             if value_net is not None:
                 mc = sample_svdd(model, proc, reward, (num, L), steps, num_candidates=M, value=value_net,
                                  generator=g(300 + M))
-                rows.append(row(mc, model, proc, data, seed, seed=seed, M=M,
+                rows.append(row(mc, model, proc, data, seed, seed=seed, M=M, matched="-",
                                 value_training_model_evals=value_net.training_model_evals,
                                 value_training_reward_evals=value_net.training_reward_evals))
-            log(f"seed {seed} M={M}: " + "; ".join(f"{r['method']} {r['mean_reward']:.3f} @ "
-                                                    f"{r['model_evals_per_design']:.0f} evals" for r in rows[-4:]))
+            if match_reward:
+                n = max(1, round(sv.reward_evals_per_design))
+                bon = sample_best_of_n(model, proc, reward, (num, L), steps, n=n, generator=g(400 + M))
+                rows.append(row(bon, model, proc, data, seed, seed=seed, M=M, matched="reward"))
+            log(f"seed {seed} M={M}: " + "; ".join(
+                f"{r['method']}{'' if r['matched'] != 'reward' else ' (reward-matched)'} {r['mean_reward']:.3f} @ "
+                f"{r['model_evals_per_design']:.0f} model / {r['reward_evals_per_design']:.0f} reward evals"
+                for r in rows[first:]))
     return rows
 
 
 def aggregate(rows):
-    """Mean over seeds per (method, M)."""
-    keys = sorted({(r["method"], r["M"]) for r in rows}, key=lambda k: (k[0], k[1]))
+    """Mean over seeds per (method, M, what it was matched on)."""
+    keys = sorted({(r["method"], r["M"], r["matched"]) for r in rows})
     out = []
-    for method, M in keys:
-        rs = [r for r in rows if r["method"] == method and r["M"] == M]
-        agg = {"method": method, "M": M, "seeds": len(rs)}
+    for method, M, matched in keys:
+        rs = [r for r in rows if (r["method"], r["M"], r["matched"]) == (method, M, matched)]
+        agg = {"method": method, "M": M, "matched": matched, "seeds": len(rs)}
         for f in ("mean_reward", "model_evals_per_design", "reward_evals_per_design", "elbo_nats", "kmer3_corr",
                   "diversity"):
             v = torch.tensor([r[f] for r in rs], dtype=torch.float64)
@@ -259,11 +278,13 @@ def figure(parts, path):
     fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4), squeeze=False)
     for ax, (name, agg) in zip(axes[0], parts.items()):
         for method in ("svdd-pm", "svdd-mc", "best-of-n", "smc", "base"):
-            pts = sorted((a["model_evals_per_design"], a["mean_reward"], a["mean_reward_sd"]) for a in agg
-                         if a["method"] == method)
-            if pts:
-                xs, ys, es = zip(*pts)
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method, color=COLORS[method])
+            for matched, style in (("nfe", "-o"), ("-", "-o"), ("reward", ":s")):
+                pts = sorted((a["model_evals_per_design"], a["mean_reward"], a["mean_reward_sd"]) for a in agg
+                             if a["method"] == method and a.get("matched", "nfe") == matched)
+                if pts:
+                    xs, ys, es = zip(*pts)
+                    label = method + (" (matched on reward evals)" if matched == "reward" else "")
+                    ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=label, color=COLORS[method])
         ax.set_xscale("log")
         ax.set_xlabel("model evaluations per design (NFE)")
         ax.set_ylabel("mean reward")
@@ -278,8 +299,10 @@ def main():
     ap.add_argument("--parts", default="motif")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cache", default=None, help="folder to keep trained base models in (reused by reruns)")
-    ap.add_argument("--train-steps", type=int, default=6000, help="base-model training steps (motif part)")
-    ap.add_argument("--rna-train-steps", type=int, default=4000, help="base-model training steps (rna part)")
+    ap.add_argument("--train-steps", type=int, default=3000, help="base-model training steps (motif part)")
+    ap.add_argument("--rna-train-steps", type=int, default=3000, help="base-model training steps (rna part)")
+    ap.add_argument("--ema-decay", type=float, default=0.998,
+                    help="base-model EMA decay (motif and rna parts; fixed, so a checkpoint can train on)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     q = args.quick
@@ -301,7 +324,7 @@ def main():
         reward = HammingMotifCount(MOTIF, 1)
         r_data = reward(data)
         model, proc, cfg, t_train = base_model(data, args.cache, "motif", 100 if q else args.train_steps,
-                                               32 if q else 48)
+                                               32 if q else 48, None if q else args.ema_decay)
         print(f"[motif] base model: {cfg['steps']} steps, EMA {cfg['ema_decay']:.5f}, trained in {t_train:.0f} s "
               f"(0 = loaded from the cache); data mean reward {float(r_data.mean()):.3f}")
         fit_stats = data_fit(model, proc, reward, data, planted(512, L, 0.3, seed=99), L, steps)
@@ -317,7 +340,7 @@ def main():
         heads = {}
         for M in Ms:
             s = next(a for a in agg if a["method"] == "svdd-pm" and a["M"] == M)
-            b = next(a for a in agg if a["method"] == "best-of-n" and a["M"] == M)
+            b = next(a for a in agg if a["method"] == "best-of-n" and a["M"] == M and a["matched"] == "nfe")
             heads[M] = {"svdd_pm": s["mean_reward"], "best_of_n": b["mean_reward"],
                         "ratio": s["mean_reward"] / b["mean_reward"] if b["mean_reward"] > 0 else float("inf"),
                         "svdd_evals": s["model_evals_per_design"], "bon_evals": b["model_evals_per_design"]}
@@ -330,9 +353,9 @@ def main():
                         "value_net_training_reward_evals": vn.training_reward_evals,
                         "rows": rows, "aggregate": agg, "headline": heads,
                         "seconds": time.perf_counter() - t0}
-        print("[motif] method M evals/design reward(sd) elbo kmer3 diversity reward_evals/design")
+        print("[motif] method M matched-on evals/design reward(sd) elbo kmer3 diversity reward_evals/design")
         for a in agg:
-            print(f"[motif] {a['method']:9s} {a['M']:2d} {a['model_evals_per_design']:8.1f} "
+            print(f"[motif] {a['method']:9s} {a['M']:2d} {a['matched']:6s} {a['model_evals_per_design']:8.1f} "
                   f"{a['mean_reward']:.3f}({a['mean_reward_sd']:.3f}) {a['elbo_nats']:8.2f} {a['kmer3_corr']:.3f} "
                   f"{a['diversity']:.3f} {a['reward_evals_per_design']:8.1f}")
         write(out, aggs, q)
@@ -345,17 +368,33 @@ def main():
         data = order2_markov(300 if q else 3000, L, seed=5)
         reward = StructureDistance(RNA_TARGET)
         r_data = reward(data[:500])
-        model, proc, cfg, _ = base_model(data, args.cache, "rna", 100 if q else args.rna_train_steps, 32 if q else 48)
-        print(f"[rna] trained in {time.perf_counter() - t0:.0f} s; data mean reward {float(r_data.mean()):.2f}")
+        model, proc, cfg, t_train = base_model(data, args.cache, "rna", 100 if q else args.rna_train_steps,
+                                               32 if q else 48, None if q else args.ema_decay)
+        print(f"[rna] base model: {cfg['steps']} steps, EMA {cfg['ema_decay']:.5f}, trained in {t_train:.0f} s "
+              f"(0 = loaded from the cache); data mean reward {float(r_data.mean()):.2f}")
         rows = run_methods(model, proc, reward, data, L, 16 if q else 50, 8 if q else 32, (2, 4) if q else (4, 8),
-                           (0,) if q else (0, 1, 2), lam=1.0)
+                           (0,) if q else (0, 1, 2), lam=1.0, match_reward=True)
         agg = aggregate(rows)
         aggs["RNA structure (L=50)"] = agg
-        out["rna"] = {"target": RNA_TARGET, "data_mean_reward": float(r_data.mean()), "rows": rows,
-                      "aggregate": agg, "seconds": time.perf_counter() - t0}
-        print("[rna] method M evals/design reward(sd) elbo kmer3 diversity reward_evals/design")
+        heads = {}
+        for M in sorted({a["M"] for a in agg if a["method"] == "svdd-pm"}):
+            pick = lambda method, matched: next(a for a in agg if (a["method"], a["M"], a["matched"]) ==  # noqa: E731
+                                                (method, M, matched))
+            sv = pick("svdd-pm", "-")
+            heads[M] = {"svdd_pm": sv["mean_reward"]}
+            for method, matched in (("best-of-n", "nfe"), ("smc", "nfe"), ("best-of-n", "reward")):
+                a = pick(method, matched)
+                heads[M][f"{method}@{matched}"] = a["mean_reward"]
+                print(f"[rna] M={M}: SVDD-PM {sv['mean_reward']:.3f} @ {sv['model_evals_per_design']:.0f} model / "
+                      f"{sv['reward_evals_per_design']:.0f} reward evals vs {method} matched on {matched} evals "
+                      f"{a['mean_reward']:.3f} @ {a['model_evals_per_design']:.0f} model / "
+                      f"{a['reward_evals_per_design']:.0f} reward evals: SVDD-PM minus it "
+                      f"{sv['mean_reward'] - a['mean_reward']:+.3f}")
+        out["rna"] = {"target": RNA_TARGET, "data_mean_reward": float(r_data.mean()), "config": cfg, "rows": rows,
+                      "aggregate": agg, "headline": heads, "seconds": time.perf_counter() - t0}
+        print("[rna] method M matched-on evals/design reward(sd) elbo kmer3 diversity reward_evals/design")
         for a in agg:
-            print(f"[rna] {a['method']:9s} {a['M']:2d} {a['model_evals_per_design']:8.1f} "
+            print(f"[rna] {a['method']:9s} {a['M']:2d} {a['matched']:6s} {a['model_evals_per_design']:8.1f} "
                   f"{a['mean_reward']:.3f}({a['mean_reward_sd']:.3f}) {a['elbo_nats']:8.2f} {a['kmer3_corr']:.3f} "
                   f"{a['diversity']:.3f} {a['reward_evals_per_design']:8.1f}")
     out["seconds"] = time.perf_counter() - t_all

@@ -73,7 +73,23 @@ def test_bad_arguments_fail_before_output(trained, capsys):
 
 
 def test_tour_runs_quick(tmp_path):
+    """The tour's figures are what its designs give: the SVDD-PM designs written to FASTA, re-scored
+    by the tour's reward (windows within Hamming distance 1 of TGACTCA), have exactly the mean reward
+    of its row (rounded to 3 decimals there, hence 5e-4); reward costs per design are the exact
+    identities 1 (base), N (best-of-N, N = its matched n) and M * steps = 4 * 32 (SVDD-PM scores every
+    candidate at every step); best-of-N's N is SVDD-PM's model cost over the base sampler's, rounded."""
+    import json
+
+    from sciffusion.domains.sequence_design import HammingMotifCount
+
     res = scli.tour(tmp_path, quick=True)
     assert res["section"] == "sequence_design" and len(res["rows"]) == 3
+    assert json.loads((tmp_path / "sequence_design.json").read_text()) == res["rows"]
+    base, sv, bon = res["rows"]
+    assert (base["method"], sv["method"], bon["method"]) == ("base", "svdd-pm", "best-of-n")
     x, _ = read_fasta(tmp_path / "svdd_designs.fasta")
     assert x.shape == (32, 32) and set(DNA.decode(x)[0]) <= set("ACGT")
+    assert abs(float(HammingMotifCount("TGACTCA", 1)(x).mean()) - sv["mean_reward"]) <= 5e-4
+    n = max(1, round(sv["model_evals_per_design"] / base["model_evals_per_design"]))
+    assert base["reward_evals_per_design"] == 1 and sv["reward_evals_per_design"] == 4 * 32
+    assert bon["reward_evals_per_design"] == n
