@@ -37,7 +37,12 @@ constant :math:`8\pi^2 V`, so the Boltzmann density over internal coordinates is
 on :math:`z = (q - q_0)/s`, :math:`q_0` the internal coordinates of a minimised structure and
 :math:`s` per coordinate from the diagonal of the energy's Hessian there,
 :math:`s_i = \min(1/\sqrt{\partial^2 U/\partial q_i^2},\ s^{max}_{type})` (energy and forces only, no
-data), so stiff bonds and angles are :math:`O(1)` in :math:`z`. Torsions live on the circle; the
+data), so stiff bonds and angles are :math:`O(1)` in :math:`z`. With ``whiten=True`` the map is the
+full Laplace whitening :math:`q = q_0 + D V\Lambda_c^{-1/2} z` (:math:`D = \mathrm{diag}(s)`,
+:math:`V\Lambda V^T` the Hessian of :math:`\tilde U` in the diagonal units, eigenvalues clamped below
+at ``min_eigenvalue``), so the sampler's base law :math:`N(0, I)` is the harmonic approximation of the
+target, couplings between bonds, angles and torsions included; either map is linear with a
+constant Jacobian, which cancels in self-normalised weights. Torsions live on the circle; the
 sampler draws them on :math:`\mathbb R` (:math:`x(q)` is :math:`2\pi`-periodic in each), and the
 target on :math:`\mathbb R^{3N-6}` is made normalisable by a known Gaussian factor
 :math:`c(\varphi) = \exp(-(\varphi - \varphi_0)^2/(2\sigma_c^2))` per torsion:
@@ -326,6 +331,16 @@ class InternalCoordinateEnergy(Energy):
         max_scale: caps of :math:`s` for (bonds, angles, torsions) in (nm or the energy's length unit, rad, rad).
         torsion_prior_std: :math:`\sigma_c` (rad) of the confining factor on the unwrapped torsions.
         fd_step: finite-difference steps for (bonds, angles, torsions) in the Hessian diagonal.
+        whiten: use the full Hessian (module docstring; ``2 (3N-6)`` more energy+force calls).
+        scale_overrides: ``{coordinate index: scale}`` replacing the Hessian's diagonal scale, e.g.
+            1 rad for the torsions that are CVs (phi, psi), so that the base law already reaches
+            across their basins (their curvature at the minimum says nothing about the other basins).
+        min_eigenvalue: clamp of the Hessian's eigenvalues in the diagonal units (softer
+            directions get standard deviation ``min_eigenvalue ** -0.5`` in those units).
+
+    Attributes:
+        transform: ``(3N-6, 3N-6)`` the linear map :math:`M`, :math:`q = q_0 + M z`.
+        setup_calls: Cartesian energy calls spent on the standardization.
 
     Every evaluation of :math:`\tilde U` or its gradient costs one call of the Cartesian energy
     (forces through the chain rule, :math:`\nabla_z\tilde U = s\odot J_{x}(q)^T\nabla_x U - \dots`, by autograd).
@@ -333,7 +348,9 @@ class InternalCoordinateEnergy(Energy):
 
     def __init__(self, energy: Energy, zmatrix: ZMatrix, reference: Any, *, scales: Any = None,
                  max_scale: Sequence[float] = (0.05, 0.5, 1.0), torsion_prior_std: float = math.pi,
-                 fd_step: Sequence[float] = (1e-4, 1e-3, 1e-3), check_finite: bool = True):
+                 fd_step: Sequence[float] = (1e-4, 1e-3, 1e-3), whiten: bool = False,
+                 scale_overrides: dict | None = None,
+                 min_eigenvalue: float = 0.25, check_finite: bool = True):
         super().__init__(check_finite=check_finite)
         if not hasattr(energy, "energy_and_forces"):
             raise TypeError(f"energy must be an Energy with energy_and_forces, got {type(energy).__name__}")
@@ -355,14 +372,28 @@ class InternalCoordinateEnergy(Energy):
         if tuple(ref.shape) != (zmatrix.n_atoms, 3) or not torch.isfinite(ref).all():
             raise ValueError(f"reference must be a finite ({zmatrix.n_atoms}, 3) structure, got {tuple(ref.shape)}")
         self.q0 = zmatrix.to_internal(ref[None])[0]
+        calls_before = getattr(energy, "num_calls", 0)
         self.torsion_prior_std = float(torsion_prior_std)
         self.max_scale = tuple(float(m) for m in max_scale)
         if scales is None:
             scales = self.hessian_scales(energy, zmatrix, self.q0, max_scale=self.max_scale, fd_step=fd_step)
-        s = torch.as_tensor(scales, dtype=torch.float64).reshape(-1)
+        s = torch.as_tensor(scales, dtype=torch.float64).reshape(-1).clone()
+        for i, v in dict(scale_overrides or {}).items():
+            if not (isinstance(i, int) and 0 <= i < zmatrix.n_dof) or not v > 0:
+                raise ValueError(f"scale_overrides: need {{index in [0, {zmatrix.n_dof}): scale > 0}}, got {i!r}: {v!r}")
+            s[i] = float(v)
         if s.shape[0] != zmatrix.n_dof or not (torch.isfinite(s).all() and (s > 0).all()):
             raise ValueError(f"scales must be {zmatrix.n_dof} positive finite numbers, got shape {tuple(s.shape)}")
         self.scales = s
+        self.whiten = bool(whiten)
+        self.transform = torch.diag(s)
+        if self.whiten:
+            if not min_eigenvalue > 0:
+                raise ValueError(f"min_eigenvalue must be > 0, got {min_eigenvalue}")
+            h = self.hessian(1e-3)
+            lam, vec = torch.linalg.eigh(h)
+            self.transform = torch.diag(s) @ vec * lam.clamp_min(float(min_eigenvalue)).rsqrt()
+        self.setup_calls = int(getattr(energy, "num_calls", 0) - calls_before)
 
     # --- standardization ----------------------------------------------------------------------
     @staticmethod
@@ -387,12 +418,27 @@ class InternalCoordinateEnergy(Energy):
         s = torch.where(curv > 0, curv.clamp_min(1e-300).rsqrt(), mx)
         return torch.minimum(s, mx)
 
+    def hessian(self, step: float = 1e-3) -> torch.Tensor:
+        """``(3N-6, 3N-6)`` Hessian of :math:`\tilde U` at :math:`z = 0` in the current units, by central
+        differences of the exact gradient (symmetrised; ``2 (3N-6)`` energy+force calls)."""
+        n = self.zmatrix.n_dof
+        eye = torch.eye(n, dtype=torch.float64)
+        _, f = self._reduced_energy_and_forces(torch.cat([step * eye, -step * eye]))
+        h = -(f[:n] - f[n:]) / (2 * step)
+        return 0.5 * (h + h.T)
+
     @staticmethod
-    def minimise(energy: Energy, zmatrix: ZMatrix, x: Any, *, max_iter: int = 500) -> torch.Tensor:
+    def minimise(energy: Energy, zmatrix: ZMatrix, x: Any, *, max_iter: int = 500,
+                 torsion_kick: float = 0.05) -> torch.Tensor:
         """A local minimum of ``energy`` from ``x`` ``(N, 3)`` by L-BFGS over internal coordinates
-        (energy and forces only); returns ``(N, 3)`` float64 in the Z-matrix's standard frame."""
+        (energy and forces only); returns ``(N, 3)`` float64 in the Z-matrix's standard frame.
+
+        Every torsion is first shifted by ``torsion_kick`` rad: a built structure often has a
+        rotor (a methyl) exactly eclipsed, a stationary point L-BFGS would not leave."""
         x = torch.as_tensor(x, dtype=torch.float64)
-        q = zmatrix.to_internal(x[None]).detach().clone().requires_grad_(True)
+        q = zmatrix.to_internal(x[None]).detach().clone()
+        q[:, zmatrix.slices()[2]] += float(torsion_kick)
+        q.requires_grad_(True)
         opt = torch.optim.LBFGS([q], lr=1.0, max_iter=int(max_iter), line_search_fn="strong_wolfe",
                                 tolerance_grad=1e-6, tolerance_change=1e-12)
 
@@ -407,8 +453,8 @@ class InternalCoordinateEnergy(Energy):
 
     # --- maps ---------------------------------------------------------------------------------
     def to_internal_q(self, z: torch.Tensor) -> torch.Tensor:
-        """:math:`q = q_0 + s\\odot z` ``(B, 3N-6)`` (torsions unwrapped)."""
-        return self.q0.to(z.dtype) + self.scales.to(z.dtype) * z
+        """:math:`q = q_0 + M z` ``(B, 3N-6)`` (torsions unwrapped)."""
+        return self.q0.to(z.dtype) + z @ self.transform.to(z.dtype).T
 
     def from_cartesian(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`z` of Cartesian positions (torsions wrapped to the branch nearest :math:`\\varphi_0`)."""
@@ -416,7 +462,7 @@ class InternalCoordinateEnergy(Energy):
         st = self.zmatrix.slices()[2]
         d = q[:, st] - self.q0[st]
         q[:, st] = self.q0[st] + torch.remainder(d + math.pi, 2 * math.pi) - math.pi
-        return (q - self.q0) / self.scales
+        return torch.linalg.solve(self.transform, (q - self.q0).T).T
 
     def to_cartesian(self, z: torch.Tensor) -> torch.Tensor:
         """Positions ``(B, N, 3)`` of standardized coordinates ``(B, 3N-6)`` (float64)."""

@@ -213,6 +213,20 @@ def test_hessian_scales_and_minimise_on_the_chain():
     assert torch.allclose(s, exact, rtol=1e-5)
 
 
+def test_whitening_makes_the_hessian_the_identity():
+    zm = ZMatrix(4, [(0, 1), (1, 2), (2, 3)], root=0)
+    t = torch.linspace(-math.pi, math.pi, 200001, dtype=torch.float64)
+    q0 = torch.tensor([[R0, R0, R0, TH0, TH0, float(t[torsion_v(t).argmin()])]], dtype=torch.float64)
+    energy = InternalCoordinateEnergy(Chain4(), zm, zm.to_cartesian(q0)[0], whiten=True, min_eigenvalue=1e-3)
+    assert energy.setup_calls == 4 * zm.n_dof  # diagonal and full Hessian, 2 (3N-6) calls each
+    # in the whitened units the Hessian of U~ at z = 0 is V^T H V / lambda = I; same finite-difference
+    # step as the whitening, so only rounding remains (1e-6)
+    assert torch.allclose(energy.hessian(), torch.eye(zm.n_dof, dtype=torch.float64), atol=1e-6)
+    # and from_cartesian inverts to_cartesian through the non-diagonal map
+    z = torch.randn(5, zm.n_dof, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.3
+    assert torch.allclose(energy.from_cartesian(energy.to_cartesian(z)), z, atol=1e-10)
+
+
 def test_energy_gradient_is_exact():
     energy = chain_energy()
     z = torch.randn(8, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
