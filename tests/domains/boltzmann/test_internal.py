@@ -258,3 +258,28 @@ def test_bad_input():
         energy(torch.zeros(3, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="torsion_prior_std"):
         chain_energy(torsion_prior_std=0.0)
+
+
+def test_adjoint_sampler_in_internal_coordinates_recovers_the_torsion_basins():
+    """The whole chain: Adjoint Sampling on z, path weights plus the periodisation term, against
+    the torsion quadrature (V has basins at phi ~ -pi/2 and +pi/2, P(phi > 0) = 0.26)."""
+    from sciffusion import smc
+    from sciffusion.domains.boltzmann.sampler import AdjointSampler
+
+    energy = chain_energy()
+    smp = AdjointSampler((6,), sigma_max=1.5, num_steps=40, hidden=64, depth=2, lr=2e-3, max_adjoint_norm=20.0)
+    g = torch.Generator().manual_seed(0)
+    smp.fit(energy, iterations=40, generator=g, samples_per_iteration=256, gradient_steps=10, batch_size=256,
+            buffer_size=4096)
+    res = smp.simulate(4000, g, use_ema=True)
+    lw = smp.log_weights(res, energy(res.x)) + energy.log_wrap_weight(res.x)
+    lw = torch.where(energy.in_domain(res.x), lw, torch.full_like(lw, -math.inf))
+    w = torch.softmax(lw, 0)
+    q = energy.to_internal_q(res.x)
+    phi = torch.remainder(q[:, 5] + math.pi, 2 * math.pi) - math.pi
+    ess = float(smc.ess(lw))
+    p = exact_chain()["p_phi_pos"]
+    assert ess > 200
+    # 5 standard errors of a weighted proportion with this ESS (measured: 0.248 at ESS 1182 of 4000,
+    # raw fraction 0.41: the weights do the correcting)
+    assert abs(float(w[phi > 0].sum()) - p) < 5 * math.sqrt(p * (1 - p) / ess)
