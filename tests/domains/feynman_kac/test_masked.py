@@ -68,12 +68,16 @@ def test_annealed_chain_matches_enumeration():
     o = chain(4, 0)
     probs, log_z = target_probs([o], [3.0])
     fkc = run([o], [3.0], 4, num_particles=10000, num_steps=64)
+    every = run([o], [3.0], 4, num_particles=10000, num_steps=64, threshold=1.0, seed=1)
     unc = run([o], [3.0], 4, num_particles=10000, num_steps=64, correct=False)
     assert tv(fkc, o, probs) < 0.05 and abs(float(fkc.log_z[0]) - log_z) < 0.3
+    assert tv(every, o, probs) < 0.05 and abs(float(every.log_z[0]) - log_z) < 0.3
     assert tv(unc, o, probs) > 0.1
-    # ESS-triggered resampling happened, so fewer lineages survive; never more than N, non-increasing
-    assert fkc.num_resampling_events > 0 and float(fkc.lineages[-1]) < 10000
-    assert bool((fkc.lineages[1:] <= fkc.lineages[:-1]).all())
+    # no resampling by default (all N lineages survive); resampling every step (63 times: not at
+    # the all-mask start nor after the last move) leaves fewer lineages, non-increasing
+    assert fkc.num_resampling_events == 0 and torch.equal(fkc.lineages, torch.full((64,), 1e4, dtype=torch.float64))
+    assert every.num_resampling_events == 63 and float(every.lineages[-1]) < 10000
+    assert bool((every.lineages[1:] <= every.lineages[:-1]).all())
 
 
 def test_product_of_two_chains_matches_enumeration():
@@ -110,23 +114,25 @@ def test_masked_bad_input():
 
 def test_masked_annealing_at_defaults_is_exact_to_monte_carlo_error():
     """Issue 14: p^3 of a length-5 chain (243 sequences) with every default (128 steps, base rate,
-    ESS < N/2 resampling, mask exponent 1). For P(x_1 = 0), P(x_5 = 2) and E[number of 1s] the
-    error against enumeration is within 4 standard errors from 16 independent groups of 256
-    (measured here |z| <= 1.4; over seeds at 1024 particles |z| <= 2.0). With mask exponent 1 the weights carry no transient
-    count terms, so ESS-triggered resampling fires less often than with the earlier exponent A,
-    where it also acted on count terms that cancel by the end (length 7: 57 vs 92 events)."""
+    no resampling, mask exponent 1, look-ahead) and with ESS < N/2 resampling. For P(x_1 = 0),
+    P(x_5 = 2) and E[number of 1s] the error against enumeration is within 4 standard errors from
+    16 independent groups of 256. With the look-ahead and mask exponent 1 the intermediate weights
+    carry fewer transient terms, so ESS-triggered resampling fires less often than with the earlier
+    exponent A and no look-ahead, where it also acted on terms that cancel by the end."""
     o = chain(5, 2)
     probs, _ = target_probs([o], [3.0])
     seqs = o.enumerate()[0]
     stats = {"x1=0": lambda x: (x[:, 0] == 0).double(), "x5=2": lambda x: (x[:, 4] == 2).double(),
              "#1s": lambda x: (x == 1).double().sum(1)}
     res = run([o], [3.0], 5, groups=16, num_particles=256, seed=3)
-    old = run([o], [3.0], 5, groups=16, num_particles=256, seed=3, mask_exponent="A")
-    for name, f in stats.items():
-        est = res.expectation(f)
-        exact = float((probs * f(seqs)).sum())
-        se = float(est.std() / 4)
-        assert abs(float(est.mean()) - exact) < 4 * se, (name, float(est.mean()), exact, se)
-    assert 0 < res.num_resampling_events < old.num_resampling_events
+    resampled = run([o], [3.0], 5, groups=16, num_particles=256, seed=3, threshold=0.5)
+    old = run([o], [3.0], 5, groups=16, num_particles=256, seed=3, mask_exponent="A", threshold=0.5, lookahead=False)
+    for r in (res, resampled):
+        for name, f in stats.items():
+            est = r.expectation(f)
+            exact = float((probs * f(seqs)).sum())
+            se = float(est.std() / 4)
+            assert abs(float(est.mean()) - exact) < 4 * se, (name, float(est.mean()), exact, se)
+    assert res.num_resampling_events == 0 < resampled.num_resampling_events < old.num_resampling_events
     with pytest.raises(ValueError, match="mask_exponent"):
         run([o], [3.0], 5, num_particles=4, mask_exponent=0.0)
