@@ -42,6 +42,17 @@ def log_importance_weights(bias_values: torch.Tensor, kT: float = 1.0) -> torch.
     r"""Log-weights :math:`\log w_i = V(s_i)/k_BT` that turn samples of the biased density
     :math:`\propto e^{-(E+V)/k_BT}` into (self-normalised) samples of :math:`e^{-E/k_BT}`.
 
+    **Exact only for exact samples of the biased density.** For samples of a learned sampler
+    with law :math:`q \ne \mu_V`, the weighted estimate of a basin probability converges to
+    :math:`\int_B q\,e^{V/k_BT} / \int q\,e^{V/k_BT}`, which differs from the Boltzmann value by
+    the sampler's own error along the CVs, :math:`q(s)/\mu_V(s)`; nothing in :math:`e^{V/k_BT}` sees or
+    corrects it, and the bootstrap error bar (resampling the same samples) does not either. On
+    the double well (benchmarks/RESULTS.md, boltzmann) samplers trained 15 iterations per
+    round left too little reweighted mass in the deep well (P(x1 > 0) = 0.775 and 0.770 against
+    0.844 exact) and the bias weights missed :math:`\Delta F` by up to 0.48 kT, while their path weights (:meth:`~.sampler.AdjointSampler.log_weights`, which
+    include :math:`\log\mu/q` of the sampler's own paths) were within 0.06 kT. Use the path
+    weights when the sampler is not known to have converged; the two agreeing is a check.
+
     Args:
         bias_values: :math:`V` at each sample's CVs, ``(B,)``, in the unit of ``kT``.
         kT: :math:`k_BT` in that unit.
