@@ -24,7 +24,8 @@ step), the default settings' errors in standard errors (16 independent groups) o
 the ``sciffusion fkc cfg`` defaults of issue 12, and masked annealing with mask exponent 1 vs A.
 CPU budget: about 15 minutes on one core.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/feynman_kac.py [--quick] [--order]
+Run:  OMP_NUM_THREADS=1 python benchmarks/feynman_kac.py [--quick] [--order | --masked]
+(``--masked``: only the masked-FKC study, about 12 minutes on one core.)
 Writes benchmarks/results/feynman_kac.json.
 """
 
@@ -241,9 +242,7 @@ def order_study(quick: bool) -> dict:
     log-SNR grid. CPU budget: about 15 minutes on one core (quick: 2 minutes)."""
     from sciffusion import VP
     from sciffusion.domains.feynman_kac import Target
-    from sciffusion.domains.feynman_kac.masked import sample_fkc_masked
     from sciffusion.domains.feynman_kac.recursion import gaussian_recursion
-    from sciffusion.domains.discrete import MarkovChainOracle, MaskedProcess
 
     p = VP()
     steps_list = ORDER_STEPS[:4] if quick else ORDER_STEPS
@@ -329,40 +328,86 @@ def order_study(quick: bool) -> dict:
         out["cli_cfg"].append(row)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
-    # masked annealing p^3 of a length-7 Markov chain (3 symbols): TV of the pooled weighted
-    # particles to the enumerated target, 16 groups of 1024, 128 steps, base rate
-    proc = MaskedProcess(3)
-    o = MarkovChainOracle.random(3, 7, seed=0, scale=0.7)
-    seqs = o.enumerate()[0]
-    lp = 3.0 * o.log_prob(seqs)
-    probs = torch.softmax(lp, 0)
-    gen = torch.Generator().manual_seed(5)
-    floor = []
-    for _ in range(4):
-        draw = torch.multinomial(probs, G * N, replacement=True, generator=gen)
-        emp = torch.bincount(draw, minlength=len(probs)).double() / (G * N)
-        floor.append(0.5 * float((emp - probs).abs().sum()))
-    for name, kw in {"mask exponent 1 (default), ESS<N/2": dict(),
-                     "mask exponent A (earlier), ESS<N/2": dict(mask_exponent="A"),
-                     "mask exponent A, no resampling": dict(mask_exponent="A", threshold=0.0),
-                     "mask exponent 1, no resampling": dict(threshold=0.0),
-                     "uncorrected": dict(correct=False)}.items():
-        res = sample_fkc_masked([o.masked_model(proc)], [3.0], proc, (G, 7), num_particles=N, warn_ess=None,
-                                generator=torch.Generator().manual_seed(1), **kw)
-        w = (res.weights() / G).reshape(-1)
-        emp = torch.zeros(len(probs), dtype=torch.float64).index_add_(0, o.index(res.x), w)
-        row = {"config": name, "tv": round(0.5 * float((emp - probs).abs().sum()), 4),
-               "iid_floor_tv": round(sum(floor) / 4, 4), "resampling_events": res.num_resampling_events,
-               "mean_ess_frac": round(float(res.ess.mean()) / N, 3) if len(res.ess) else None}
-        out["masked"].append(row)
-        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    out["masked"] = masked_study(quick)
     return out
+
+
+def _expected_iid_tv(probs, n):
+    """E[TV] of n i.i.d. draws from probs, exactly: (1/2n) sum_x E|X_x - n p_x| with X_x ~ Bin(n, p_x),
+    E|X - np| = 2 nu q C(n, nu) p^nu q^(n - nu), nu = floor(np) + 1 (de Moivre)."""
+    nu = torch.floor(n * probs) + 1
+    log_c = math.lgamma(n + 1) - torch.lgamma(nu + 1) - torch.lgamma(n - nu + 1)
+    mad = 2 * nu * torch.exp(log_c + torch.xlogy(nu, probs) + torch.xlogy(n - nu + 1, 1 - probs))
+    return float(torch.where(nu > n, torch.zeros_like(probs), mad).sum() / (2 * n))
+
+
+def masked_study(quick: bool) -> list:
+    """Masked FKC (issue 14), p^3 of Markov chains on 3 symbols (scale 0.7, seed 0), 16 groups,
+    128 steps, base rate, mask exponent 1 unless named. Length 7 (2187 sequences, enumerated): TV of
+    each group's weighted particles and of the pooled ones to the target, against the exact expected
+    TV of i.i.d. draws of the same size. Lengths 16 and 32: RMS error of the 3L site marginals
+    (exact by forward-backward on p^3) per group, against the i.i.d. value sqrt(mean p(1-p)/N).
+    CPU budget: about 12 minutes on one core (quick: 1 minute)."""
+    from sciffusion.domains.feynman_kac.masked import sample_fkc_masked
+    from sciffusion.domains.discrete import MarkovChainOracle, MaskedProcess
+    from sciffusion.domains.discrete.oracle import forward_backward
+
+    proc, G, A = MaskedProcess(3), 16, 3.0
+    configs = {"default (look-ahead, no resampling)": dict(),
+               "look-ahead, ESS<N/2": dict(threshold=0.5),
+               "earlier default (no look-ahead, ESS<N/2)": dict(threshold=0.5, lookahead=False),
+               "mask exponent A, no look-ahead, ESS<N/2": dict(threshold=0.5, lookahead=False, mask_exponent="A"),
+               "uncorrected": dict(correct=False)}
+    main3 = list(configs)[:3]
+    rows = []
+    plan = [(7, 256, list(configs))] if quick else \
+        [(7, 256, list(configs)), (7, 1024, list(configs)), (7, 4096, main3), (16, 512, main3), (32, 512, main3)]
+    for L, N, names in plan:
+        o = MarkovChainOracle.random(3, L, seed=0, scale=0.7)
+        if L <= 8:
+            seqs = o.enumerate()[0]
+            probs = torch.softmax(A * o.log_prob(seqs), 0)
+            floor = _expected_iid_tv(probs, N)
+            floor_pooled = _expected_iid_tv(probs, G * N)
+        else:
+            _, post, _ = forward_backward(o.init ** A, o.trans ** A, torch.ones(1, L, 3, dtype=torch.float64))
+            marg = post[0]
+            floor = float((marg * (1 - marg)).mean() / N) ** 0.5
+        for name in names:
+            t0 = time.perf_counter()
+            res = sample_fkc_masked([o.masked_model(proc)], [A], proc, (G, L), num_particles=N, warn_ess=None,
+                                    generator=torch.Generator().manual_seed(1), **configs[name])
+            row = {"length": L, "N": N, "groups": G, "config": name}
+            if L <= 8:
+                emp = torch.zeros(G, len(probs), dtype=torch.float64).scatter_add_(
+                    1, o.index(res.x).reshape(G, N), res.weights())
+                tv = 0.5 * (emp - probs).abs().sum(1)
+                row.update({"tv_per_group": round(float(tv.mean()), 4),
+                            "tv_per_group_se": round(float(tv.std()) / math.sqrt(G), 4),
+                            "iid_tv_per_group": round(floor, 4), "ratio_to_iid": round(float(tv.mean()) / floor, 2),
+                            "tv_pooled": round(0.5 * float((emp.mean(0) - probs).abs().sum()), 4),
+                            "iid_tv_pooled": round(floor_pooled, 4)})
+            else:
+                est = res.expectation(lambda x: torch.nn.functional.one_hot(x, 3).double())
+                rms = float(((est - marg) ** 2).mean()) ** 0.5
+                row.update({"rms_site_marginals": round(rms, 4), "iid_rms": round(floor, 4),
+                            "ratio_to_iid": round(rms / floor, 2), "log_z_hat_mean": round(float(res.log_z.mean()), 3),
+                            "log_z_hat_sd": round(float(res.log_z.std()), 3)})
+            row.update({"resampling_events": res.num_resampling_events,
+                        "final_ess_frac": round(float(res.ess[-1]) / N, 3) if len(res.ess) else None,
+                        "seconds": round(time.perf_counter() - t0, 1)})
+            rows.append(row)
+            print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    return rows
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few configurations only (smoke test)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "feynman_kac.json")
+    ap.add_argument("--masked", action="store_true",
+                    help="only the masked-FKC study of issue 14 (look-ahead, resampling threshold); stored under "
+                         "'order' -> 'masked' in --out, the rest of the file is kept")
     ap.add_argument("--order", action="store_true",
                     help="only the issue-14 study (step-count convergence of the default vs the first-order "
                          "scheme, default-setting errors in standard errors); stored under 'order' in --out, "
@@ -370,6 +415,23 @@ def main():
     args = ap.parse_args()
     t_start = time.perf_counter()
     torch.set_num_threads(1)
+    if args.masked:
+        import subprocess
+
+        rows = masked_study(args.quick)
+        old = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "feynman_kac"}
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+        key = "order" if not args.quick else "order_quick"
+        old.setdefault(key, {})["masked"] = rows
+        old[key]["masked_run"] = {
+            "command": "OMP_NUM_THREADS=1 python benchmarks/feynman_kac.py --masked" + (" --quick" if args.quick else ""),
+            "commit": commit, "seconds": round(time.perf_counter() - t_start, 1),
+            "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(old, indent=1))
+        print(f"wrote {args.out} ({round(time.perf_counter() - t_start, 1)} s)")
+        return
     if args.order:
         import subprocess
 
