@@ -20,6 +20,7 @@ import logging
 import math
 import shutil
 import sys
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -176,6 +177,7 @@ def tour(out: Path, quick: bool, only: list[str] | None = None, progress: bool =
     for name in names:
         if wanted is not None and name not in wanted:
             continue
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         if name == "core":
             section = core_tour(out, quick, progress)
             section.setdefault("folder", ".")
@@ -188,10 +190,15 @@ def tour(out: Path, quick: bool, only: list[str] | None = None, progress: bool =
             section = mod.tour(sub, quick)
             section.setdefault("folder", name)
         section.setdefault("section", name)
+        # wall-clock and CPU time of the whole section (CPU: every thread of this process)
+        section["seconds"] = round(time.perf_counter() - wall0, 1)
+        section["cpu_seconds"] = round(time.process_time() - cpu0, 1)
         sections.append(section)
         _print_table(section)
         write_summary(out, sections)
-    print(f"\nsummary: {out / 'summary.json'}")
+    wall, cpu = sum(s["seconds"] for s in sections), sum(s["cpu_seconds"] for s in sections)
+    print(f"\n{len(sections)} sections in {wall:.0f} s wall-clock ({cpu:.0f} s CPU)")
+    print(f"summary: {out / 'summary.json'}")
     return sections
 
 
@@ -205,7 +212,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     imported) and one-line placeholders for the others."""
     from . import __version__
 
-    parser = Parser(prog="sciffusion", description=__doc__.splitlines()[0])
+    parser = Parser(prog="sciffusion",
+                    description="Scientific and discrete diffusion: 'sciffusion tour' runs every installed "
+                                "domain end to end; each domain adds a command group ('sciffusion COMMAND --help').")
     parser.add_argument("--version", action="version", version=f"sciffusion {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)

@@ -22,7 +22,9 @@ def test_core_tour_quick_writes_summary_and_figure(tmp_path, capsys):
     assert rows[("heun", "exact")]["nfe"] == 20
     # the learned model is trained for a short while only; it must still land near the mixture
     assert rows[("heun", "learned")]["sliced_w1"] < 0.25
-    assert "core" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "core" in printed and "sections in" in printed  # the closing line with wall-clock and CPU time
+    assert sections[0]["cpu_seconds"] > 0 and sections[0]["seconds"] > 0
 
 
 def test_cli_rejects_unknown_command():
@@ -43,6 +45,7 @@ def test_help_imports_no_domain_and_no_torch():
     assert "HEAVY []" in out, out
     for cmd in ("tour", "discrete", "fkc", "bridges"):
         assert cmd in out
+    assert "``" not in out  # reST markup from a docstring is not help text
 
 
 def test_version_and_one_line_errors(capsys):
