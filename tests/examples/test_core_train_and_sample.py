@@ -1,7 +1,6 @@
 """examples/core_train_and_sample.py: resumes only when asked and only the same run; bad CSVs
 fail before any output is made, with a message that names the problem."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +8,6 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "core_train_and_sample.py"
 
-
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("core_train_and_sample", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _csv(path, seed, n=1100):

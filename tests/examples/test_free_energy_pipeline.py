@@ -1,7 +1,6 @@
 """examples/free_energy_pipeline.py: a tiny double-well run writes its estimates next to the exact
 answer; bad arguments fail before any output."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,13 +8,6 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "free_energy_pipeline.py"
 
-
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("free_energy_pipeline", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_double_well_pipeline(script, tmp_path):

@@ -1,7 +1,6 @@
 """examples/generate_molecules.py: trains on a user's SMILES file (bad lines skipped and counted),
 writes an SDF RDKit reads back and a model folder; bad arguments fail before any output."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,6 @@ pytest.importorskip("torch_geometric")
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "generate_molecules.py"
 SMILES = "CCO\nCCN\nCC(=O)O\nc1ccccc1\nCC(C)O\nOCCO\nCCOC\nCC#N\nC1CCCC1\nCC(=O)N\nNCCO\nCOC(=O)C\nnot_smiles\n"
 
-
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("generate_molecules", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_trains_and_writes_sdf(script, tmp_path, capsys):

@@ -2,7 +2,6 @@
 tests/core/test_distributed.py): every output is written with the asked sizes, a rerun with more
 steps resumes the checkpoint, and bad sizes are refused naming the option."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,13 +11,6 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "scale_out.py"
 SMALL = ["--steps", "4", "--samples", "40", "--groups", "2", "--particles", "4", "--sequences", "30"]
 
-
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("scale_out_example", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_runs_writes_and_resumes(script, tmp_path):
