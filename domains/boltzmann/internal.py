@@ -335,6 +335,7 @@ class InternalCoordinateEnergy(Energy):
         scale_overrides: ``{coordinate index: scale}`` replacing the Hessian's diagonal scale, e.g.
             1 rad for the torsions that are CVs (phi, psi), so that the base law already reaches
             across their basins (their curvature at the minimum says nothing about the other basins).
+            With ``whiten`` such a coordinate is left out of the Hessian (unit variance, no coupling).
         min_eigenvalue: clamp of the Hessian's eigenvalues in the diagonal units (softer
             directions get standard deviation ``min_eigenvalue ** -0.5`` in those units).
 
@@ -391,6 +392,8 @@ class InternalCoordinateEnergy(Energy):
             if not min_eigenvalue > 0:
                 raise ValueError(f"min_eigenvalue must be > 0, got {min_eigenvalue}")
             h = self.hessian(1e-3)
+            for i in dict(scale_overrides or {}):  # an overridden coordinate keeps its scale, uncoupled
+                h[i, :], h[:, i], h[i, i] = 0.0, 0.0, 1.0
             lam, vec = torch.linalg.eigh(h)
             self.transform = torch.diag(s) @ vec * lam.clamp_min(float(min_eigenvalue)).rsqrt()
         self.setup_calls = int(getattr(energy, "num_calls", 0) - calls_before)
