@@ -392,10 +392,13 @@ class InternalCoordinateEnergy(Energy):
             if not min_eigenvalue > 0:
                 raise ValueError(f"min_eigenvalue must be > 0, got {min_eigenvalue}")
             h = self.hessian(1e-3)
-            for i in dict(scale_overrides or {}):  # an overridden coordinate keeps its scale, uncoupled
-                h[i, :], h[:, i], h[i, i] = 0.0, 0.0, 1.0
-            lam, vec = torch.linalg.eigh(h)
-            self.transform = torch.diag(s) @ vec * lam.clamp_min(float(min_eigenvalue)).rsqrt()
+            # an overridden coordinate keeps its own scale, uncoupled; the rest is whitened among itself
+            rest = torch.tensor([i not in dict(scale_overrides or {}) for i in range(zmatrix.n_dof)])
+            idx = rest.nonzero()[:, 0]
+            lam, vec = torch.linalg.eigh(h[idx][:, idx])
+            w = torch.eye(zmatrix.n_dof, dtype=torch.float64)
+            w[idx[:, None], idx[None, :]] = vec * lam.clamp_min(float(min_eigenvalue)).rsqrt()
+            self.transform = torch.diag(s) @ w
         self.setup_calls = int(getattr(energy, "num_calls", 0) - calls_before)
 
     # --- standardization ----------------------------------------------------------------------

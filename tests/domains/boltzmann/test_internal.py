@@ -227,6 +227,21 @@ def test_whitening_makes_the_hessian_the_identity():
     assert torch.allclose(energy.from_cartesian(energy.to_cartesian(z)), z, atol=1e-10)
 
 
+def test_scale_overrides_keep_a_cv_torsion_out_of_the_whitening():
+    zm = ZMatrix(4, [(0, 1), (1, 2), (2, 3)], root=0)
+    t = torch.linspace(-math.pi, math.pi, 200001, dtype=torch.float64)
+    q0 = torch.tensor([[R0, R0, R0, TH0, TH0, float(t[torsion_v(t).argmin()])]], dtype=torch.float64)
+    energy = InternalCoordinateEnergy(Chain4(), zm, zm.to_cartesian(q0)[0], whiten=True, scale_overrides={5: 1.5},
+                                    min_eigenvalue=1e-3)
+    m = energy.transform
+    # the torsion moves alone, with its own scale; the rest is whitened among itself
+    assert torch.all(m[5, :5] == 0) and torch.all(m[:5, 5] == 0) and abs(abs(float(m[5, 5])) - 1.5) < 1e-12
+    h = energy.hessian()
+    assert torch.allclose(h[:5, :5], torch.eye(5, dtype=torch.float64), atol=1e-6)
+    with pytest.raises(ValueError, match="scale_overrides"):
+        InternalCoordinateEnergy(Chain4(), zm, zm.to_cartesian(q0)[0], scale_overrides={6: 1.0})
+
+
 def test_energy_gradient_is_exact():
     energy = chain_energy()
     z = torch.randn(8, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
