@@ -63,7 +63,10 @@ for particle systems) is honoured everywhere: source, step noise and bridge nois
 particles). It is *not* rotation-equivariant: rotational symmetry is learned from data, which is
 adequate for 2-D potentials and small molecules but is the first thing to replace (an EGNN, or
 internal coordinates) for larger systems. Mirror images of peptides are handled by
-:class:`ChiralityRestraint`.
+:class:`ChiralityRestraint`. For molecules, the same sampler runs on standardized internal
+coordinates through :class:`~.internal.InternalCoordinateEnergy` (event shape ``(3N-6,)``: the MLP
+then sees bonds, angles and torsions, rigid-body motion removed by construction; its
+:meth:`~.internal.InternalCoordinateEnergy.log_wrap_weight` is added to the path weights).
 """
 
 from __future__ import annotations
