@@ -50,27 +50,37 @@ vanishing as the grid is refined. With :math:`A = 1` and one exact model every w
 In the continuous-time limit the :math:`|M|` terms cancel exactly because of the rate change,
 and a jump of site i costs :math:`(A-1)\log\tfrac{\alpha}{1-\alpha} - \log A + \log Z_i`.
 
-**Look-ahead** (``lookahead=True``, default). The intermediate target that makes resampling
-free of transients is the masked marginal of the end target,
+**Look-ahead** (``lookahead=``). The intermediate target that makes resampling free of
+transients is the masked marginal of the end target,
 :math:`\alpha_t^{|U|}(1-\alpha_t)^{|M|}\sum_{x_M}\prod_k p_k(x_U, x_M)^{a_k}`, i.e. :math:`\tilde p_t`
-times :math:`V(x_U) = \sum_{x_M}\prod_k p_k(x_M \mid x_U)^{a_k}`, the mass the masked sites will
-still contribute; its weights are a martingale and the ESS falls monotonically to its final
-value. A per-site model cannot give :math:`V`, but the factorised estimate the step computes anyway
-can: :math:`V(x_U) \approx \prod_{i \in M} Z_i(x)`. The sampler targets
-:math:`\tilde p_t(x)\prod_{i \in M}Z_i(x)` (an auxiliary / twisted particle filter: Pitt & Shephard
-1999; Whiteley & Lee 2014), so with the base rate and :math:`\kappa = 1` a step's log-weight is
+(:math:`\kappa = 1`) times :math:`V(x_U) = \sum_{x_M}\prod_k p_k(x_M \mid x_U)^{a_k}`, the mass the
+masked sites will still contribute: its weights are a martingale, so the ESS falls monotonically
+to its final value and resampling acts only on what the end needs. A per-site model cannot give
+:math:`V`; the sampler multiplies :math:`\tilde p_t` by a twist :math:`e^{\psi_t(x)}` (an
+auxiliary / twisted particle filter: Pitt & Shephard 1999; Whiteley & Lee 2014) that is a constant
+at the all-mask start and 0 at the unmasked end, so the end target, the final weights without
+resampling and :math:`\hat Z` are unchanged; only what resampling sees changes. A step's weight
+needs the twist at its end state, i.e. the model call at the next grid time, so it is completed
+(and the group resampled) right after that call, before the next move: no extra model call.
 
-.. math:: \log w = \sum_{i \in M'}\big[\log Z_i(x') - \log Z_i(x)\big],
+* ``"counts"`` (default): :math:`\psi_t(x) = \sum_{i \in M} c_i + b_t(|M|)`, with
+  :math:`c_i = \log Z_i` at the all-mask start (each site's expected contribution, paid in
+  advance and replaced by its actual :math:`\log Z_i` when it is revealed) and :math:`b_t`, per
+  group, the log-ratio that gives the weighted number of masked sites its exact law under the ideal
+  target, :math:`\mathrm{Bin}(L, 1-\alpha_t)` (the masking is independent of the data), keeping the
+  group's total weight. The ideal :math:`V` satisfies that constraint; without it the weights
+  mostly count how far each particle has unmasked. :math:`b_t` is fitted on the group's own
+  particles (as adaptive tempering fits its next temperature): consistent as :math:`N \to \infty`,
+  with an :math:`O(1/N)` bias in :math:`\hat Z` when groups resample.
+* ``"product"``: :math:`\psi_t(x) = \sum_{i \in M}\log Z_i(x)`, the factorised estimate of
+  :math:`V`; a step's log-weight is then :math:`\sum_{i \in M'}[\log Z_i(x') - \log Z_i(x)]`. Exact
+  for independent sites (every weight equal at every step; tested) but on correlated sites it
+  counts each revealed token's effect once per still-masked site: an early dip in ESS.
+* ``None``: no twist (the earlier behaviour): mid-run weights dominated by the count terms.
 
-the change that the revealed tokens make to the still-masked sites' masses. It needs
-:math:`Z_i(x')` from the model call at the next grid time, so a step's weight is completed (and
-the group resampled) right after that call, before the next move; no extra model call. The twist
-is a constant at the all-mask start and 1 at the fully unmasked end, so the final weights, the
-:math:`\hat Z` without resampling and the end target are unchanged; only what resampling sees
-changes. It is exact for independent sites (every weight 1 at every step; tested), and on
-p^3 of a length-5 Markov chain (seed 0, scale 0.7; 128 steps; exact recursion over all partly
-masked states) the infinite-particle ESS/N is 0.58 at its lowest and 0.805 at the end, against a
-mid-run 0.11 without the look-ahead (the exact :math:`V` gives a monotone 0.995 -> 0.805).
+Exact recursion over all partly masked states (p^3 of a length-5 chain, 128 steps, infinite
+particles, no resampling): ESS/N falls 1.000 -> 0.805 monotonically with ``"counts"`` (lowest 0.804),
+dips to 0.575 with ``"product"`` and to 0.106 with ``None``; the exact :math:`V` gives 0.995 -> 0.805.
 
 **Reward tilt** (``potential=``). A log-potential :math:`\phi(x)` of the partly masked state
 (e.g. :math:`\lambda\, r(\hat x_0(x))`, the reward of the denoised prediction, as in twisted
@@ -97,6 +107,7 @@ from sciffusion.smc import SMCState, ess, maybe_resample
 from .fkc import FKCResult
 
 RATES = ("annealed", "base")
+LOOKAHEADS = ("counts", "product", None)
 
 
 class MaskedFKCResult(FKCResult):
@@ -165,10 +176,32 @@ def _mixed_logits(models, exps, x, masked, shape, k):
     return logp, log_z_site
 
 
+def _count_calibration(log_w: torch.Tensor, n_masked: torch.Tensor, G: int, L: int, alpha: float) -> torch.Tensor:
+    r"""Per-particle :math:`b_g(j)`, ``j`` its number of masked sites, that gives each group's weighted
+    mask count the law of the ideal intermediate target, :math:`\mathrm{Bin}(L, 1-\alpha)`, and keeps
+    the group's total weight: :math:`b_g(j) = \log\mathrm{Bin}(j) - \log\sum_{\text{occupied } j'}
+    \mathrm{Bin}(j') + \log W_g - \log W_{g,j}`, with :math:`W_{g,j}` the weight of the group's
+    particles with ``j`` masks (classes without weight get 0). ``log_w``, ``n_masked``: ``(G*N,)``."""
+    idx = n_masked + (L + 1) * torch.arange(G).repeat_interleave(log_w.numel() // G)
+    cls = torch.full((G * (L + 1),), float("-inf"), dtype=torch.float64)
+    mx = cls.scatter_reduce(0, idx, log_w, "amax")
+    mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+    lse = (mx + torch.zeros_like(mx).scatter_add_(0, idx, torch.exp(log_w - mx[idx])).log()).reshape(G, L + 1)
+    j = torch.arange(L + 1, dtype=torch.float64)
+    log_bin = (math.lgamma(L + 1) - torch.lgamma(j + 1) - torch.lgamma(L - j + 1) + torch.xlogy(j, torch.tensor(1 - alpha))
+               + torch.xlogy(L - j, torch.tensor(alpha)))
+    occupied = torch.isfinite(lse) & torch.isfinite(log_bin)
+    log_bin = torch.where(occupied, log_bin.expand(G, -1), torch.full_like(lse, float("-inf")))
+    total = torch.logsumexp(lse, 1, keepdim=True)
+    b = torch.where(occupied, log_bin - torch.logsumexp(log_bin, 1, keepdim=True) + total - lse, torch.zeros_like(lse))
+    return b.reshape(-1)[idx]
+
+
 def sample_fkc_masked(models: Sequence[Callable], exponents: Sequence[float], process, shape, *,
                       num_particles: int, num_steps: int = 128, rate: str = "base", correct: bool = True,
-                      threshold: float = 0.0, scheme: str = "systematic", warn_ess: float | None = 0.01,
-                      mask_exponent: float | str = 1.0, lookahead: bool = True, potential: Callable | None = None,
+                      threshold: float = 0.5, scheme: str = "systematic", warn_ess: float | None = 0.01,
+                      mask_exponent: float | str = 1.0, lookahead: str | None = "counts",
+                      potential: Callable | None = None,
                       generator: torch.Generator | None = None, callback: Callable | None = None,
                       progress: bool = False) -> MaskedFKCResult:
     r"""FKC sampling of :math:`\prod_k p_k(x)^{a_k}` from masked-diffusion models (module docstring).
@@ -189,15 +222,13 @@ def sample_fkc_masked(models: Sequence[Callable], exponents: Sequence[float], pr
             the mixed conditionals (the uncorrected sampler).
         correct: apply weights and resampling (``False``: the uncorrected sampler).
         threshold, scheme: resampling when ESS < ``threshold * N`` (systematic by default).
-            Default 0: no resampling, the measured better choice for annealing and products
-            (``sample_smc`` of sequence_design, a reward tilt, passes its own 0.5). On p^3 of
-            Markov chains of length 7, 16 and 32 (16 groups of 256-4096, benchmarks/RESULTS.md
-            "Masked FKC") plain importance weights beat ESS < N/2 resampling at every length:
-            per-group error 0.78x / 0.89x / 1.69x that of i.i.d. draws against 1.15x / 2.3x / 6.0x
-            with the look-ahead and 2.2x / 17x / 33x without it. The per-site look-ahead is not a
-            good enough predictor of the final weights on correlated sites for resampling to pay
-            its own noise; resampling on it stays unbiased, and is what a tilt whose weights
-            degenerate needs.
+            Default 0.5, kept because with the count look-ahead it no longer adds error: on p^3
+            of the length-7 chain of benchmarks/RESULTS.md ("Masked FKC") no group's ESS falls
+            below N/2 (the weights never degenerate more than the final ones), so the result is
+            the plain importance-weighted one, below the i.i.d. TV floor, where the earlier
+            default (no look-ahead) resampled ~40 times and ended at 2x the floor. On longer
+            chains resampling costs a little against none at length 16 and 32 and helps at 64,
+            where the importance weights collapse.
         warn_ess: warn once if a group's final ESS, or its ESS at a step where it resampled, fell
             below ``warn_ess * N`` (mid-run dips of weights that are not resampled do no harm).
         mask_exponent: :math:`\kappa`, the power of the mask-count factor in the intermediate
@@ -205,11 +236,12 @@ def sample_fkc_masked(models: Sequence[Callable], exponents: Sequence[float], pr
             count terms) or ``"A"`` (the sum of the exponents: the earlier default, whose
             transient count terms degrade ESS-triggered resampling; kept for comparison). The
             final target is the same.
-        lookahead: multiply the intermediate targets by :math:`\prod_{i\in M}Z_i(x)`, the
-            per-site estimate of the mass the still-masked sites will contribute (module
-            docstring, "Look-ahead"). Default ``True``; it telescopes to 1 at the end, so the final
-            target and the final weights without resampling are unchanged, and needs no extra
-            model call. ``False``: the earlier intermediate targets (kept for comparison).
+        lookahead: the twist of the intermediate targets (module docstring, "Look-ahead"):
+            ``"counts"`` (default; per-site prior masses plus a per-group calibration of the
+            mask count to its exact binomial law), ``"product"`` (the factorised look-ahead
+            :math:`\prod_{i\in M}Z_i(x)`) or ``None`` (the earlier, untwisted targets). All end at
+            the same target, with the same final weights when no group resamples; no extra
+            model call.
         potential: optional reward tilt ``phi(x, logp) -> (B,)`` float log-potential of the partly
             masked tokens ``x`` given the step's mixed log-conditional ``logp`` ``(B, L, V)``
             (``None`` at the final, fully unmasked state); see "Reward tilt" in the module docstring.
@@ -227,8 +259,8 @@ def sample_fkc_masked(models: Sequence[Callable], exponents: Sequence[float], pr
         raise ValueError(f"shape must be (groups, length) with both >= 1, got {tuple(shape)}")
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-    if not isinstance(lookahead, bool):
-        raise TypeError(f"lookahead must be a bool, got {type(lookahead).__name__}")
+    if lookahead not in LOOKAHEADS or isinstance(lookahead, bool):
+        raise ValueError(f"lookahead must be one of {LOOKAHEADS}, got {lookahead!r}")
     G, L = shape
     N = num_particles
     A = float(sum(exps))
@@ -247,10 +279,21 @@ def sample_fkc_masked(models: Sequence[Callable], exponents: Sequence[float], pr
     psi = torch.zeros(G * N, dtype=torch.float64)
     pending = torch.zeros(G * N, dtype=torch.float64)
 
-    def twist(x, masked, logp, log_z_site, k):
-        out = (log_z_site * masked).sum(1) if lookahead else torch.zeros(G * N, dtype=torch.float64)
+    prior = {}  # log Z_i at the all-mask start: the per-site masses before any token is known
+
+    def twist(x, masked, logp, log_z_site, k, untwisted):
+        if k == 0:
+            prior["c"] = log_z_site[0].clone()
+        if lookahead == "product":
+            out = (log_z_site * masked).sum(1)
+        elif lookahead == "counts":
+            out = (prior["c"] * masked).sum(1)
+        else:
+            out = torch.zeros(G * N, dtype=torch.float64)
         if potential is not None:
             out = out + _potential(potential, x, logp, G * N, k)
+        if lookahead == "counts" and k > 0:
+            out = out + _count_calibration(untwisted + out, masked.sum(1), G, L, float(al[k]))
         return out
 
     def reweight(inc, k, x):
@@ -270,7 +313,7 @@ def sample_fkc_masked(models: Sequence[Callable], exponents: Sequence[float], pr
         logp, log_z_site = _mixed_logits(models, exps, x, masked, out_shape, k)
         nfe += len(models)
         if correct:
-            psi_new = twist(x, masked, logp, log_z_site, k)
+            psi_new = twist(x, masked, logp, log_z_site, k, state.log_w.reshape(-1) + pending - psi)
             inc, psi = pending + psi_new - psi, psi_new
             if k == 0:  # the all-mask start: a constant within each group, nothing to resample
                 state.reweight(inc)
@@ -304,12 +347,13 @@ def sample_fkc_masked(models: Sequence[Callable], exponents: Sequence[float], pr
         x = new
     if correct:  # the last increment, at the end state (fully unmasked when alpha reaches 1)
         masked = x == m
-        if masked.any() and lookahead:  # alpha(0) < 1 left masks: their look-ahead needs the model
+        last = torch.zeros(G * N, dtype=torch.float64)
+        if masked.any() and lookahead == "product":  # alpha(0) < 1 left masks: their look-ahead needs the model
             logp, log_z_site = _mixed_logits(models, exps, x, masked, out_shape, num_steps)
             nfe += len(models)
             last = (log_z_site * masked).sum(1)
-        else:
-            last = torch.zeros(G * N, dtype=torch.float64)
+        elif masked.any() and lookahead == "counts":
+            last = (prior["c"] * masked).sum(1)
         if potential is not None:
             last = last + _potential(potential, x, None, G * N, num_steps)
         worst = min(worst, float(reweight(pending + last - psi, num_steps, x).min()))
