@@ -25,7 +25,7 @@ the ``sciffusion fkc cfg`` defaults of issue 12, and masked annealing with mask 
 CPU budget: about 15 minutes on one core.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/feynman_kac.py [--quick] [--order | --masked]
-(``--masked``: only the masked-FKC study, about 12 minutes on one core.)
+(``--masked``: only the masked-FKC study, about 20 minutes on one core.)
 Writes benchmarks/results/feynman_kac.json.
 """
 
@@ -343,25 +343,27 @@ def _expected_iid_tv(probs, n):
 
 def masked_study(quick: bool) -> list:
     """Masked FKC (issue 14), p^3 of Markov chains on 3 symbols (scale 0.7, seed 0), 16 groups,
-    128 steps, base rate, mask exponent 1 unless named. Length 7 (2187 sequences, enumerated): TV of
+    128 steps, base rate, mask exponent 1 unless named, defaults otherwise. Length 7 (2187 sequences, enumerated): TV of
     each group's weighted particles and of the pooled ones to the target, against the exact expected
-    TV of i.i.d. draws of the same size. Lengths 16 and 32: RMS error of the 3L site marginals
+    TV of i.i.d. draws of the same size. Lengths 16, 32 and 64: RMS error of the 3L site marginals
     (exact by forward-backward on p^3) per group, against the i.i.d. value sqrt(mean p(1-p)/N).
-    CPU budget: about 12 minutes on one core (quick: 1 minute)."""
+    CPU budget: about 20 minutes on one core (quick: 1 minute)."""
     from sciffusion.domains.feynman_kac.masked import sample_fkc_masked
     from sciffusion.domains.discrete import MarkovChainOracle, MaskedProcess
     from sciffusion.domains.discrete.oracle import forward_backward
 
     proc, G, A = MaskedProcess(3), 16, 3.0
-    configs = {"default (look-ahead, no resampling)": dict(),
-               "look-ahead, ESS<N/2": dict(threshold=0.5),
-               "earlier default (no look-ahead, ESS<N/2)": dict(threshold=0.5, lookahead=False),
-               "mask exponent A, no look-ahead, ESS<N/2": dict(threshold=0.5, lookahead=False, mask_exponent="A"),
+    configs = {"default (count look-ahead, ESS<N/2)": dict(),
+               "no resampling": dict(threshold=0.0),
+               "product look-ahead, ESS<N/2": dict(lookahead="product"),
+               "earlier default (no look-ahead, ESS<N/2)": dict(lookahead=None),
+               "mask exponent A, no look-ahead, ESS<N/2": dict(lookahead=None, mask_exponent="A"),
                "uncorrected": dict(correct=False)}
-    main3 = list(configs)[:3]
+    names = list(configs)
     rows = []
-    plan = [(7, 256, list(configs))] if quick else \
-        [(7, 256, list(configs)), (7, 1024, list(configs)), (7, 4096, main3), (16, 512, main3), (32, 512, main3)]
+    plan = [(7, 256, names)] if quick else \
+        [(7, 256, names), (7, 1024, names), (7, 4096, names[:2] + names[3:4]), (16, 512, names[:4]),
+         (32, 512, names[:4]), (64, 512, names[:2] + names[3:4])]
     for L, N, names in plan:
         o = MarkovChainOracle.random(3, L, seed=0, scale=0.7)
         if L <= 8:
