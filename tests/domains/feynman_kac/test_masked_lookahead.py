@@ -9,6 +9,7 @@ deviation of the binomial), the floor a sampler's TV is compared with."""
 import itertools
 import math
 
+import pytest
 import torch
 
 from sciffusion.domains.discrete import MarkovChainOracle, MaskedProcess
@@ -146,7 +147,8 @@ def test_count_lookahead_ess_falls_monotonically_exact_recursion():
     assert all(abs(e[-1] - final) < 1e-12 for e in ess.values())  # the twists telescope: same end weights
     assert min(ess["counts"]) > final - 1e-3
     assert all(b <= a + 1e-3 for a, b in zip(ess["counts"], ess["counts"][1:]))
-    assert abs(final - 0.8612) < 1e-4 and abs(min(ess[None]) - 0.1833) < 1e-4 and abs(min(ess["product"]) - 0.6999) < 1e-4
+    assert abs(final - 0.8612) < 1e-4
+    assert abs(min(ess[None]) - 0.1833) < 1e-4 and abs(min(ess["product"]) - 0.6999) < 1e-4
 
 
 def test_intermediate_law_matches_exact_recursion():
@@ -221,3 +223,38 @@ def test_defaults_at_the_iid_floor_where_the_old_default_was_twice_it():
     assert new - floor < 4 * se_new, (new, floor, se_new, n_new)
     assert old - floor > 4 * se_old, (old, floor, se_old)
     assert old - new > 4 * math.hypot(se_old, se_new), (old, new, se_old, se_new)
+
+
+def test_count_calibration_gives_the_binomial_and_keeps_the_total():
+    """The calibration on random log-weights (3 groups of 50, L = 5, alpha = 0.3, one group with a
+    -inf particle and one with an empty count class): each group's weighted mask-count law equals
+    Bin(5, 0.7) renormalised over its occupied classes and its total weight is unchanged (round-off)."""
+    from sciffusion.domains.feynman_kac.masked import _count_calibration
+
+    g = torch.Generator().manual_seed(0)
+    G, N, L, alpha = 3, 50, 5, 0.3
+    log_w = torch.randn(G * N, generator=g, dtype=torch.float64) * 2
+    log_w[7] = float("-inf")
+    n_m = torch.randint(0, L + 1, (G * N,), generator=g)
+    n_m[2 * N:] = torch.where(n_m[2 * N:] == 4, torch.full_like(n_m[2 * N:], 3), n_m[2 * N:])  # group 2: no j = 4
+    new = log_w + _count_calibration(log_w, n_m, G, L, alpha)
+    assert new[7] == float("-inf")
+    j = torch.arange(L + 1)
+    binom = torch.tensor([math.comb(L, int(k)) * (1 - alpha) ** int(k) * alpha ** (L - int(k)) for k in j],
+                         dtype=torch.float64)
+    for grp in range(G):
+        sl = slice(grp * N, (grp + 1) * N)
+        w, nm = new[sl].exp(), n_m[sl]
+        assert abs(float(w.sum() / log_w[sl].exp().sum()) - 1) < 1e-12
+        law = torch.zeros(L + 1, dtype=torch.float64).index_add_(0, nm, w) / w.sum()
+        occ = torch.zeros(L + 1, dtype=torch.bool)
+        occ[nm.unique()] = True
+        want = torch.where(occ, binom, torch.zeros_like(binom))
+        assert torch.allclose(law, want / want.sum(), atol=1e-12, rtol=0)
+
+
+def test_lookahead_bad_input():
+    o = chain(2)
+    for bad in (True, "exact", 1):
+        with pytest.raises(ValueError, match="lookahead"):
+            sample_fkc_masked([o.masked_model(PROCESS)], [2.0], PROCESS, (1, 2), num_particles=4, lookahead=bad)
