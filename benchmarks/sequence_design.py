@@ -58,10 +58,13 @@ MOTIF = "TGACTCAG"
 RNA_TARGET = "((((((((....))))))))..........((((((((....))))))))"  # 50 nt, two hairpins
 
 
-def order2_markov(n, L, seed, scale=1.5):
-    """``n`` sequences of an order-2 Markov chain over 4 letters (random rows, seeded)."""
+def order2_markov(n, L, seed, scale=1.5, sample_seed=None):
+    """``n`` sequences of an order-2 Markov chain over 4 letters (random rows, seeded by ``seed``; the
+    sequences are drawn from that generator too, or from ``sample_seed`` for fresh draws of the same chain)."""
     g = torch.Generator().manual_seed(seed)
     T = torch.softmax(scale * torch.randn(16, 4, generator=g, dtype=torch.float64), -1)
+    if sample_seed is not None:
+        g = torch.Generator().manual_seed(sample_seed)
     x = torch.empty(n, L, dtype=torch.long)
     x[:, :2] = torch.randint(4, (n, 2), generator=g)
     for i in range(2, L):
@@ -69,9 +72,10 @@ def order2_markov(n, L, seed, scale=1.5):
     return x
 
 
-def planted(n, L, frac, seed):
-    x = order2_markov(n, L, seed)
-    g = torch.Generator().manual_seed(seed + 1)
+def planted(n, L, frac, seed, sample_seed=None):
+    """The planted-motif data; ``sample_seed``: fresh sequences from the same chain (held-out data)."""
+    x = order2_markov(n, L, seed, sample_seed=sample_seed)
+    g = torch.Generator().manual_seed((seed if sample_seed is None else sample_seed) + 1)
     motif = DNA.encode(MOTIF)[0]
     rows = (torch.rand(n, generator=g) < frac).nonzero().squeeze(1)
     pos = torch.randint(L - len(MOTIF) + 1, (rows.numel(),), generator=g)
@@ -266,6 +270,49 @@ def hidden_part(args, q, out, aggs):
                      "seconds": time.perf_counter() - t0}
 
 
+def steps_part(args, q, out):
+    """Candidates per step against steps, at one model cost: SVDD-PM with (M, K) = (16, 64), (32, 32),
+    (64, 16) on the motif task (the cached motif base model), each against best-of-N matched to its
+    measured model evaluations with base samples on the same K-step grid and on the 64-step grid."""
+    t0 = time.perf_counter()
+    L = 64
+    data = planted(400 if q else 4000, L, 0.3, seed=0)
+    reward = HammingMotifCount(MOTIF, 1)
+    model, proc, cfg, _ = base_model(data, args.cache, "motif", 100 if q else args.train_steps, 32 if q else 48,
+                                     None if q else args.ema_decay)
+    num = 8 if q else 64
+    configs = ((4, 16), (8, 8)) if q else ((16, 64), (32, 32), (64, 16))
+    rows = []
+    for seed in ((0,) if q else (0, 1, 2)):
+        g = lambda k: torch.Generator().manual_seed(7000 + 1000 * seed + k)  # noqa: E731
+        per_sample = {}
+        for M, K in configs:
+            sv = sample_svdd(model, proc, reward, (num, L), K, num_candidates=M, generator=g(M))
+            rows.append({"method": "svdd-pm", "M": M, "K": K, "seed": seed, **sv.summary()})
+            for Kb in sorted({K, 64 if not q else 16}):
+                if Kb not in per_sample:
+                    per_sample[Kb] = sample_best_of_n(model, proc, reward, (num, L), Kb, n=1,
+                                                      generator=g(10 + Kb)).model_evals_per_design
+                n = max(1, round(sv.model_evals_per_design / per_sample[Kb]))
+                bon = sample_best_of_n(model, proc, reward, (num, L), Kb, n=n, generator=g(100 + M + Kb))
+                rows.append({"method": "best-of-n", "M": M, "K": Kb, "seed": seed, "n": n, **bon.summary()})
+            print(f"[steps] seed {seed} M={M} K={K}: " + "; ".join(
+                f"{r['method']} (K={r['K']}) {r['mean_reward']:.3f} @ {r['model_evals_per_design']:.0f} evals"
+                for r in rows if r["seed"] == seed and r["M"] == M), flush=True)
+    agg = []
+    for M, K in configs:
+        for method, Kb in [("svdd-pm", K)] + [("best-of-n", k) for k in sorted({K, 64 if not q else 16})]:
+            rs = [r for r in rows if (r["method"], r["M"], r["K"]) == (method, M, Kb)]
+            v = torch.tensor([r["mean_reward"] for r in rs], dtype=torch.float64)
+            agg.append({"method": method, "M": M, "K": Kb, "seeds": len(rs), "mean_reward": float(v.mean()),
+                        "mean_reward_sd": float(v.std()) if len(rs) > 1 else 0.0,
+                        "model_evals_per_design": sum(r["model_evals_per_design"] for r in rs) / len(rs)})
+            a = agg[-1]
+            print(f"[steps] SVDD-PM M={M} K={K} budget: {method:9s} on a {Kb:2d}-step grid "
+                  f"{a['mean_reward']:.3f}({a['mean_reward_sd']:.3f}) @ {a['model_evals_per_design']:.1f} evals")
+    out["steps"] = {"rows": rows, "aggregate": agg, "config": cfg, "seconds": time.perf_counter() - t0}
+
+
 COLORS = {"svdd-pm": "C0", "svdd-mc": "C1", "best-of-n": "C2", "smc": "C3", "base": "C4"}  # same in every panel
 
 
@@ -308,8 +355,8 @@ def main():
     q = args.quick
     t_all = time.perf_counter()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if not parts or set(parts) - {"motif", "hidden", "rna"}:
-        raise SystemExit(f"--parts: a comma-separated subset of motif,hidden,rna, got {args.parts!r}")
+    if not parts or set(parts) - {"motif", "hidden", "rna", "steps"}:
+        raise SystemExit(f"--parts: a comma-separated subset of motif,hidden,rna,steps, got {args.parts!r}")
     out = {"config": {"quick": q, "parts": parts, "python": platform.python_version(), "torch": torch.__version__}}
     aggs = {}
     steps = 16 if q else 64
@@ -327,7 +374,7 @@ def main():
                                                32 if q else 48, None if q else args.ema_decay)
         print(f"[motif] base model: {cfg['steps']} steps, EMA {cfg['ema_decay']:.5f}, trained in {t_train:.0f} s "
               f"(0 = loaded from the cache); data mean reward {float(r_data.mean()):.3f}")
-        fit_stats = data_fit(model, proc, reward, data, planted(512, L, 0.3, seed=99), L, steps)
+        fit_stats = data_fit(model, proc, reward, data, planted(512, L, 0.3, seed=0, sample_seed=99), L, steps)
         print(f"[motif] ELBO nats/seq: training data {fit_stats['elbo_train']:.2f}, held-out data "
               f"{fit_stats['elbo_heldout']:.2f}; base samples: mean reward {fit_stats['base_reward']:.3f} "
               f"(data {float(r_data.mean()):.3f}), ELBO {fit_stats['elbo_samples']:.2f}")
@@ -361,6 +408,9 @@ def main():
         write(out, aggs, q)
     if "hidden" in parts:
         hidden_part(args, q, out, aggs)
+        write(out, aggs, q)
+    if "steps" in parts:
+        steps_part(args, q, out)
         write(out, aggs, q)
     if "rna" in parts:
         t0 = time.perf_counter()
