@@ -199,9 +199,10 @@ def test_defaults_at_the_iid_floor_where_the_old_default_was_twice_it():
     """The issue-14 chain (p^3 of a length-7 chain, 2187 sequences), 32 groups of 256, defaults (128
     steps, base rate, ESS < N/2 resampling, count look-ahead): the mean per-group TV of the weighted
     particles to enumeration is at most the exact expected TV of 256 i.i.d. draws (0.0607) plus 4
-    standard errors (from the groups). The earlier default (no look-ahead, same resampling) fails
-    this check by more than 4 of its standard errors (measured 0.12, 2x the floor) and is worse than
-    the new default by more than 4 standard errors of the difference."""
+    standard errors (from the groups); measured 0.0449 (SE 0.0015), no group resampled. The earlier
+    default (no look-ahead, same resampling) fails this check by more than 4 of its standard errors
+    (measured 0.1092, SE 0.0084, 1.8x the floor, 71 resampling events) and is worse than the new
+    default by more than 4 standard errors of the difference."""
     o = chain(7)
     seqs, p = o.enumerate()
     probs = p ** 3 / (p ** 3).sum()
