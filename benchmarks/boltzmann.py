@@ -217,11 +217,13 @@ def alanine_internal(args):
                       "final_iterations": final, **fit, "num_samples": args.internal_samples,
                       "sigma_max": args.internal_sigma_max, "num_steps": args.internal_steps,
                       "hill_height_kT": args.internal_height, "whiten": not args.no_whiten,
-                      "cv_torsion_scale_rad": args.internal_cv_scale, "lr": args.internal_lr}}
+                      "cv_torsion_scale_rad": args.internal_cv_scale, "lr": args.internal_lr,
+                      "sequential_deposit": args.internal_sequential}}
     rows = []
     runs = [r for r in args.internal_runs.split(",") if r]
     for label in runs:
-        energy, top, pos = alanine_dipeptide("vacuum")
+        # one OpenMM thread: the CPU platform's threaded force sums are not bit-reproducible
+        energy, top, pos = alanine_dipeptide("vacuum", platform_properties={"Threads": "1"})
         t0 = time.perf_counter()
         zm = ZMatrix.from_topology(top)
         x_min = InternalCoordinateEnergy.minimise(energy, zm, pos)
@@ -247,7 +249,8 @@ def alanine_internal(args):
             bias = WellTemperedBias(cvs, bins=72, sigma=0.35, height=args.internal_height, gamma=8.0)
             res = run_wtasbs(ice, cvs, bias, sampler, rounds=rounds, iterations_per_round=per_round,
                              final_iterations=final, deposit_samples=128, num_samples=args.internal_samples,
-                             generator=g, fit_kwargs=fit, valid=valid, path_weights=True)
+                             generator=g, fit_kwargs=fit, valid=valid, path_weights=True,
+                             sequential_deposit=args.internal_sequential)
             pts, fgrid = bias.free_energy()
             grid_df = round(float(delta_f_from_grid(pts, fgrid, BASIN_A, BASIN_B, names=["phi", "psi"],
                                                     periodic=[True, True])["delta_f"]), 3)
@@ -287,6 +290,7 @@ def main(argv=None):
     p.add_argument("--internal-lr", type=float, default=1e-3)
     p.add_argument("--internal-height", type=float, default=0.2, help="hill height h0 in kT")
     p.add_argument("--no-whiten", action="store_true", help="diagonal Hessian scales only")
+    p.add_argument("--internal-sequential", action="store_true", help="well-tempered decay within each round's hills")
     p.add_argument("--internal-cv-scale", type=float, default=1.0,
                    help="scale (rad) of the phi/psi coordinates instead of the Hessian's (0: Hessian)")
     p.add_argument("--seeds", type=int, default=3)

@@ -125,7 +125,8 @@ def run_wtasbs(energy: Any, cvs: Callable, bias: Any, sampler: AdjointSampler, *
                iterations_per_round: int, final_iterations: int, deposit_samples: int, num_samples: int,
                generator: torch.Generator, fit_kwargs: dict | None = None, valid: Callable | None = None,
                path_weights: bool = False, checkpoint: str | Path | None = None,
-               progress: bool = False, on_round: Callable | None = None) -> WTResult:
+               progress: bool = False, on_round: Callable | None = None,
+               sequential_deposit: bool = False) -> WTResult:
     r"""Run the well-tempered rounds, the frozen final stage and the reweighting (module docstring).
 
     Args:
@@ -150,6 +151,9 @@ def run_wtasbs(energy: Any, cvs: Callable, bias: Any, sampler: AdjointSampler, *
         checkpoint: path of the per-round checkpoint (resumed when it exists).
         progress: tqdm bars.
         on_round: called as ``on_round(round_index, record)`` after each checkpointed round.
+        sequential_deposit: each hill of a round's batch sees the ones before it (the
+            well-tempered decay acts within the batch, :meth:`~.bias.WellTemperedBias.deposit`), so
+            a batch of concentrated samples cannot stack ``deposit_samples`` full-height hills.
 
     Returns:
         :class:`WTResult`.
@@ -185,7 +189,8 @@ def run_wtasbs(energy: Any, cvs: Callable, bias: Any, sampler: AdjointSampler, *
                            sampler_process=repr(sampler.process), rounds=rounds,
                            iterations_per_round=iterations_per_round, final_iterations=final_iterations,
                            deposit_samples=deposit_samples, num_samples=num_samples,
-                           fit_kwargs=repr(sorted(kw.items())), path_weights=path_weights)
+                           fit_kwargs=repr(sorted(kw.items())), path_weights=path_weights,
+                           **({"sequential_deposit": True} if sequential_deposit else {}))
     path = Path(checkpoint) if checkpoint is not None else None
     start_round, history, seconds_before = 0, [], 0.0
     if path is not None and path.exists():
@@ -212,7 +217,7 @@ def run_wtasbs(energy: Any, cvs: Callable, bias: Any, sampler: AdjointSampler, *
         with torch.no_grad():
             s = cvs(x)
             v = bias(s) / bias.kT
-        heights = bias.deposit(s)
+        heights = bias.deposit(s, sequential=bool(sequential_deposit))
         rec = {"round": r + 1, "hills": bias.num_hills, "energy_evaluations": sampler.energy_evaluations,
                "mean_hill_height": float(heights.mean()), "deposit_ess": float(smc.ess(v.double())),
                "max_bias": float(bias.grid.max()) if hasattr(bias, "grid") else None,
