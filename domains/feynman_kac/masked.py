@@ -38,7 +38,7 @@ draws its token from the normalised geometric mixture
 **Weights.** Sequential importance weights with the forward masking kernel as backward kernel
 (Del Moral, Doucet & Jasra 2006), for a step :math:`x \to x'` that unmasks the set :math:`N`:
 
-.. math:: \log w = A\Big[|U'|\log\alpha_s + |M'|\log(1-\alpha_s) - |U|\log\alpha_t
+.. math:: \log w = \kappa\Big[|U'|\log\alpha_s + |M'|\log(1-\alpha_s) - |U|\log\alpha_t
           - |M|\log(1-\alpha_t)\Big] + |U|\log\tfrac{\alpha_t}{\alpha_s}
           + |N|\log\big(1 - \tfrac{\alpha_t}{\alpha_s}\big) - |N|\log\gamma
           - (|M|-|N|)\log(1-\gamma) + \sum_{i \in N}\log Z_i.
@@ -54,7 +54,7 @@ and a jump of site i costs :math:`(A-1)\log\tfrac{\alpha}{1-\alpha} - \log A + \
 transients is the masked marginal of the end target,
 :math:`\alpha_t^{|U|}(1-\alpha_t)^{|M|}\sum_{x_M}\prod_k p_k(x_U, x_M)^{a_k}`, i.e. :math:`\tilde p_t`
 (:math:`\kappa = 1`) times :math:`V(x_U) = \sum_{x_M}\prod_k p_k(x_M \mid x_U)^{a_k}`, the mass the
-masked sites will still contribute: its weights are a martingale, so the ESS falls monotonically
+masked sites will still contribute: its weights are a martingale (one site per step), so the ESS falls monotonically
 to its final value and resampling acts only on what the end needs. A per-site model cannot give
 :math:`V`; the sampler multiplies :math:`\tilde p_t` by a twist :math:`e^{\psi_t(x)}` (an
 auxiliary / twisted particle filter: Pitt & Shephard 1999; Whiteley & Lee 2014) that is a constant
