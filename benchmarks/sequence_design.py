@@ -31,12 +31,19 @@ MFE structure to a fixed 50-nt two-hairpin target; SVDD-PM vs best-of-N vs SMC a
 (NFE), and best-of-N again at matched reward evaluations (N = SVDD-PM's reward evaluations per design; SMC's
 particles cost N * steps model and N * (steps + 1) reward evaluations, so one SMC run matches SVDD-PM on both).
 
-CPU budget: one thread (OMP_NUM_THREADS=1), about 4 CPU-minutes for ``motif`` and 4 for ``rna``
-(20-30 minutes of wall time each on the shared 2-core machine); ``--quick`` is a smoke run
-(tiny sizes, not quoted). ``--cache DIR`` keeps the trained base models for reruns.
+Part ``steps`` (optional, ``--parts steps``, the cached motif model): candidates per step against steps at one
+model cost: SVDD-PM with (M, K) = (16, 64), (32, 32), (64, 16), each against best-of-N matched to its measured
+model evaluations on the same K-step grid and on the 64-step grid; three seeds.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/sequence_design.py [--parts motif,rna] [--quick] [--cache DIR]
-Writes benchmarks/results/sequence_design.json and benchmarks/results/sequence_design.png.
+CPU budget: one thread (OMP_NUM_THREADS=1). Measured on the shared 2-core machine at load ~10: base-model
+training 3000 steps ~16-18 min wall per model (motif, rna), then decoding ~10-20 min wall for ``motif``,
+~30 min for ``rna`` (its reward-matched best-of-N draws 200-400 base samples per design) and ~15 min for
+``steps``. ``--quick`` is a smoke run (tiny sizes, not quoted). ``--cache DIR`` keeps the trained base models
+(and their training checkpoints) for reruns.
+
+Run:  OMP_NUM_THREADS=1 python benchmarks/sequence_design.py [--parts motif,rna,steps,hidden] [--quick] [--cache DIR]
+Writes benchmarks/results/sequence_design.json and .png when ``motif`` is among the parts, else
+benchmarks/results/sequence_design_<parts>.json (and .png).
 """
 
 from __future__ import annotations
