@@ -243,12 +243,12 @@ def bootstrap_interval(estimate: torch.Tensor, samples: torch.Tensor, *, level: 
 
     With :math:`u` the estimation scale (``log`` where ``log_scale`` is true, so positive rates stay
     positive), :math:`\hat u` the estimate, :math:`u^*_1..u^*_B` the replicates, their quantiles
-    :math:`q_a, q_{1-a}` at :math:`a = (1 - 	ext{level})/2` and their standard deviation
+    :math:`q_a, q_{1-a}` at :math:`a = (1 - \text{level})/2` and their standard deviation
     :math:`s^*`:
 
     * ``"normal"``: :math:`\hat u \pm t_{B-1,\,1-a}\, s^*`. The Student quantile accounts for
       :math:`s^*` being itself estimated from ``B`` replicates (a normal quantile would be right
-      only as :math:`B 	o \infty`); with the small ``B`` a refit-per-replicate bootstrap can
+      only as :math:`B \to \infty`); with the small ``B`` a refit-per-replicate bootstrap can
       afford, it is far less noisy than tail quantiles of ``B`` points;
     * ``"percentile"``: :math:`[q_a, q_{1-a}]`;
     * ``"basic"``: :math:`[2\hat u - q_{1-a},\ 2\hat u - q_a]` (the replicates reflected about the
