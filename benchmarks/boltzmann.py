@@ -12,11 +12,17 @@ Parts (``--part``):
   metadynamics through OpenMM (the reference, run here), then the sampler with and without the
   bias. CPU budget (stated): metadynamics ``--metad-steps`` steps of 2 fs (HBonds constraints),
   the samplers ``--alanine-iterations`` iterations of 128 energy+force calls each.
+* ``alanine-internal``: the same sampler on standardized internal coordinates
+  (:class:`~sciffusion.domains.boltzmann.internal.InternalCoordinateEnergy`: Z-matrix, Hessian
+  whitening at the L-BFGS minimum, phi/psi at ``--internal-cv-scale`` rad, torsion periodisation
+  term in the weights), ``--internal-runs unbiased,well-tempered``; same CPU budget unit.
 
 Run (shared 2-core CPU; background):
     OMP_NUM_THREADS=1 nohup python benchmarks/boltzmann.py --part analytic > bench_boltzmann_analytic.log &
     OMP_NUM_THREADS=1 nohup python benchmarks/boltzmann.py --part alanine-metad > bench_boltzmann_metad.log &
     OMP_NUM_THREADS=1 nohup python benchmarks/boltzmann.py --part alanine-sampler > bench_boltzmann_sampler.log &
+    OMP_NUM_THREADS=1 nohup python benchmarks/boltzmann.py --part alanine-internal --internal-sequential \
+        --internal-rounds 16 --internal-height 0.25 --tag _wt_h0.25 > bench_boltzmann_internal.log &
 
 Writes ``benchmarks/results/boltzmann_<part>.json``.
 """
