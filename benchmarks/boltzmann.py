@@ -266,6 +266,7 @@ def alanine_internal(args):
         u_cart = energy(ice.to_cartesian(res.x))
         extra = {"mean_reduced_energy": round(float(u_cart.mean()), 2),
                  "min_reduced_energy": round(float(energy(x_min[None])[0]), 2),
+                 "minimum_phi_psi": [round(float(v), 3) for v in phi_psi_alanine()(x_min[None])[0]],
                  "mean_U_internal": round(float(u.mean()), 2), "valid": int(valid(res.x).sum()),
                  "raw_fraction_in_B": round(float(((res.cv[:, 0] > 0) & (res.cv[:, 0] < 2)).double().mean()), 4),
                  "bias_grid_delta_f": grid_df, "setup_energy_calls": setup_calls,
