@@ -34,7 +34,7 @@ def core_tour(out: Path, quick: bool = False, progress: bool = True) -> dict:
     data = gm.sample(20000, g).float()
     process = VP()
     model = MLP(2, hidden=128, depth=3)
-    steps = 1500 if quick else 6000
+    steps = 1500 if quick else 2500
     res = fit(model, lambda m, x, gen: dsm_loss(m, x, process, generator=gen), data, steps=steps,
               batch_size=512, lr=3e-3, ema_decay=0.995, seed=0, progress=progress, desc="core: fit")
     from .denoisers import Denoiser

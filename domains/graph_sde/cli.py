@@ -299,7 +299,7 @@ def tour(out_dir: Path, quick: bool) -> dict:
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    steps, nfe, num = (150, 40, 20) if quick else (1500, 200, 100)
+    steps, nfe, num = (150, 40, 20) if quick else (800, 200, 100)
     graphs = datasets.community_small(100, seed=0)
     train_g, test_g, idx = datasets.split(graphs, test_fraction=0.2, seed=0)
     max_deg = max(d for g in graphs for _, d in g.degree())

@@ -345,7 +345,7 @@ def tour(out_dir: Path, quick: bool) -> dict:
         train = as_snapshots([P[:, k] for k in range(0, 9, 2)], times[::2])
         held = [1.0, 3.0, 5.0, 7.0]
         for label, ref, iters in [("refined", family, 3 if quick else 5), ("vanilla SB", Brownian(truth.sigma), 1)]:
-            res = fit_bridge(train, ref, iterations=iters, generator=g, max_step=0.1 if quick else 0.05)
+            res = fit_bridge(train, ref, iterations=iters, generator=g, max_step=0.1)
             preds = res.predict(held, generator=g)
             ratios = [w1_exact(p, Q[:, int(t)]) / w1_exact(P[:, int(t)], Q[:, int(t)]) for p, t in zip(preds, held)]
             err = round(float((res.reference.vector() - truth.vector()).norm() / truth.vector().norm()), 4) \
