@@ -425,7 +425,7 @@ class InternalCoordinateEnergy(Energy):
         return torch.minimum(s, mx)
 
     def hessian(self, step: float = 1e-3) -> torch.Tensor:
-        """``(3N-6, 3N-6)`` Hessian of :math:`\tilde U` at :math:`z = 0` in the current units, by central
+        r"""``(3N-6, 3N-6)`` Hessian of :math:`\tilde U` at :math:`z = 0` in the current units, by central
         differences of the exact gradient (symmetrised; ``2 (3N-6)`` energy+force calls)."""
         n = self.zmatrix.n_dof
         eye = torch.eye(n, dtype=torch.float64)
