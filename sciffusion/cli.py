@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):  # a placeholder whose domain registered no such command
         parser.error(f"the command {args.command!r} is not available (its domain registered no such command)")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # our own progress notes at INFO; other libraries' (numexpr's thread count, ...) only from WARNING
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sciffusion").setLevel(logging.INFO)
     fresh = [p for p in _out_paths(args) if not p.exists()]
     try:
         return int(args.func(args) or 0)
