@@ -35,13 +35,19 @@ Part ``steps`` (optional, ``--parts steps``, the cached motif model): candidates
 model cost: SVDD-PM with (M, K) = (16, 64), (32, 32), (64, 16), each against best-of-N matched to its measured
 model evaluations on the same K-step grid and on the 64-step grid; three seeds.
 
+Part ``steps_low`` (optional, ``--parts steps_low``, the cached motif model): the same question at the main table's
+low costs (about 80, 160, 320 model evaluations per design): SVDD-PM on K = 64, 32, 16, 8, 4, 2 steps with M set so
+its measured cost is near each target, best-of-N with base samples on K = 64, ..., 2, 1 steps and N = cost / (one
+sample's measured cost); each side's best grid is its figure; ELBO, 3-mer correlation, diversity beside; three
+seeds, 64 designs. Writes benchmarks/results/sequence_design_steps_low.json.
+
 CPU budget: one thread (OMP_NUM_THREADS=1). Measured on the shared 2-core machine at load ~10: base-model
 training 3000 steps ~16-18 min wall per model (motif, rna), then decoding ~10-20 min wall for ``motif``,
-~30 min for ``rna`` (its reward-matched best-of-N draws 200-400 base samples per design) and ~15 min for
-``steps``. ``--quick`` is a smoke run (tiny sizes, not quoted). ``--cache DIR`` keeps the trained base models
+~30 min for ``rna`` (its reward-matched best-of-N draws 200-400 base samples per design), ~15 min for
+``steps`` and ~5 min for ``steps_low`` (261 s at load ~5). ``--quick`` is a smoke run (tiny sizes, not quoted). ``--cache DIR`` keeps the trained base models
 (and their training checkpoints) for reruns.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/sequence_design.py [--parts motif,rna,steps,hidden] [--quick] [--cache DIR]
+Run:  OMP_NUM_THREADS=1 python benchmarks/sequence_design.py [--parts motif,rna,steps,steps_low,hidden] [--quick] [--cache DIR]
 Writes benchmarks/results/sequence_design.json and .png when ``motif`` is among the parts, else
 benchmarks/results/sequence_design_<parts>.json (and .png).
 """
@@ -322,6 +328,98 @@ def steps_part(args, q, out):
     out["steps"] = {"rows": rows, "aggregate": agg, "config": cfg, "seconds": time.perf_counter() - t0}
 
 
+def steps_low_part(args, q, out):
+    """Step allocation at the main table's low model costs (about 80, 160 and 320 evaluations per design):
+    for each cost, SVDD-PM over (M, K) allocations whose measured cost is near it (a K-step grid on
+    L = 64 sites has about e(K) = K (1 - (1 - 1/K)^64) steps that unmask a site, 40.6 at K = 64, 27.8 at 32,
+    15.7 at 16; SVDD-PM evaluates its M candidates at each of them but the last, where the candidates are
+    complete and scored by the reward itself, so M is about (cost - 1) / (e(K) - 1)), and best-of-N with
+    base samples on each K-step grid (K = 1 included: one step from the all-mask state, sites drawn
+    independently), N = round(cost / measured evaluations of one base sample on that grid). ELBO, 3-mer
+    correlation and diversity beside each. Each side's best
+    setting is its figure; the ratio is SVDD-PM's best over best-of-N's best, over all grids and over
+    K >= 16 (where both stay within ~3 nats of the 64-step base samples' ELBO), and per grid."""
+    t0 = time.perf_counter()
+    L = 64
+    data = planted(400 if q else 4000, L, 0.3, seed=0)
+    reward = HammingMotifCount(MOTIF, 1)
+    model, proc, cfg, _ = base_model(data, args.cache, "motif", 100 if q else args.train_steps, 32 if q else 48,
+                                     None if q else args.ema_decay)
+    num = 8 if q else 64
+    if q:
+        plan = {16: ((2, 8), (4, 4)), 32: ((4, 8), (8, 4))}
+        grids = (4, 8)
+    else:
+        plan = {80: ((2, 64), (3, 32), (5, 16), (11, 8), (26, 4), (79, 2)),
+                160: ((4, 64), (6, 32), (11, 16), (23, 8), (53, 4), (159, 2)),
+                320: ((8, 64), (12, 32), (22, 16), (46, 8), (106, 4), (319, 2))}
+        grids = (1, 2, 4, 8, 16, 32, 64)
+    rows = []
+    for seed in ((0,) if q else (0, 1, 2)):
+        g = lambda k: torch.Generator().manual_seed(9000 + 100000 * seed + k)  # noqa: E731
+        per_sample = {Kb: sample_best_of_n(model, proc, reward, (num, L), Kb, n=1, generator=g(Kb))
+                      .model_evals_per_design for Kb in grids}
+        for cost, allocs in plan.items():
+            first = len(rows)
+            for M, K in allocs:
+                sv = sample_svdd(model, proc, reward, (num, L), K, num_candidates=M, generator=g(1000 * M + K))
+                rows.append({"method": "svdd-pm", "cost": cost, "M": M, "K": K, "seed": seed, **sv.summary(),
+                             **naturalness(sv, model, proc, data, seed)})
+            for Kb in grids:
+                n = max(1, round(cost / per_sample[Kb]))
+                bon = sample_best_of_n(model, proc, reward, (num, L), Kb, n=n, generator=g(50000 + 100 * cost + Kb))
+                rows.append({"method": "best-of-n", "cost": cost, "M": n, "K": Kb, "seed": seed, **bon.summary(),
+                             **naturalness(bon, model, proc, data, seed)})
+            print(f"[steps_low] seed {seed} cost {cost}: " + "; ".join(
+                f"{'SVDD' if r['method'] == 'svdd-pm' else 'BoN'} (M={r['M']}, K={r['K']}) {r['mean_reward']:.3f} "
+                f"@ {r['model_evals_per_design']:.0f}" for r in rows[first:]), flush=True)
+    agg, heads = [], {}
+
+    def ratio(s, b):
+        return s["mean_reward"] / b["mean_reward"] if b["mean_reward"] > 0 else float("inf")
+
+    for cost in plan:
+        best, same_k = {}, {}
+        for method in ("svdd-pm", "best-of-n"):
+            # grouped by grid K; best-of-N's N is rounded per seed (it can differ), so M is the mean over seeds
+            for K in sorted({r["K"] for r in rows if r["cost"] == cost and r["method"] == method}, reverse=True):
+                rs = [r for r in rows if (r["method"], r["cost"], r["K"]) == (method, cost, K)]
+                v = torch.tensor([r["mean_reward"] for r in rs], dtype=torch.float64)
+                a = {"method": method, "cost": cost, "M": sum(r["M"] for r in rs) / len(rs), "K": K,
+                     "seeds": len(rs), "mean_reward": float(v.mean()),
+                     "mean_reward_sd": float(v.std()) if len(rs) > 1 else 0.0,
+                     "model_evals_per_design": sum(r["model_evals_per_design"] for r in rs) / len(rs)}
+                for f in ("elbo_nats", "kmer3_corr", "diversity"):
+                    a[f] = sum(r[f] for r in rs) / len(rs)
+                agg.append(a)
+                same_k.setdefault(K, {})[method] = a
+                for key, ok in ((method, True), (method + "_k16", K >= (8 if q else 16))):
+                    if ok and (key not in best or a["mean_reward"] > best[key]["mean_reward"]):
+                        best[key] = a
+                label = f"({'M' if method == 'svdd-pm' else 'N'}={a['M']:.4g}, K={K})"
+                print(f"[steps_low] cost {cost}: {method:9s} {label:15s} {a['mean_reward']:.3f}"
+                      f"({a['mean_reward_sd']:.3f}) @ {a['model_evals_per_design']:.1f} evals; ELBO "
+                      f"{a['elbo_nats']:.2f}, 3-mer corr {a['kmer3_corr']:.3f}, diversity {a['diversity']:.3f}")
+        per_k = {K: ratio(d["svdd-pm"], d["best-of-n"]) for K, d in sorted(same_k.items(), reverse=True)
+                 if len(d) == 2}
+        print(f"[steps_low] cost {cost}: SVDD-PM / best-of-N on the same K-step grid: "
+              + ", ".join(f"K={K} {x:.2f}" for K, x in per_k.items()))
+        heads[cost] = {"per_grid_ratio": per_k}
+        for suffix, what in (("", "any grid"), ("_k16", f"grids K >= {8 if q else 16}")):
+            s, b = best["svdd-pm" + suffix], best["best-of-n" + suffix]
+            heads[cost]["best" + suffix] = {
+                "svdd": {k: s[k] for k in ("M", "K", "mean_reward", "model_evals_per_design", "elbo_nats")},
+                "bon": {k: b[k] for k in ("M", "K", "mean_reward", "model_evals_per_design", "elbo_nats")},
+                "ratio": ratio(s, b)}
+            print(f"[steps_low] cost {cost}, best over {what}: SVDD-PM (M={s['M']:.4g}, K={s['K']}) "
+                  f"{s['mean_reward']:.3f} @ {s['model_evals_per_design']:.1f} evals; best-of-N (N={b['M']:.4g}, "
+                  f"K={b['K']}) {b['mean_reward']:.3f} @ {b['model_evals_per_design']:.1f} evals; "
+                  f"ratio {ratio(s, b):.2f}")
+    out["steps_low"] = {"plan": {str(c): a for c, a in plan.items()}, "grids": grids, "rows": rows,
+                        "aggregate": agg, "headline": {str(c): h for c, h in heads.items()}, "config": cfg,
+                        "seconds": time.perf_counter() - t0}
+
+
 COLORS = {"svdd-pm": "C0", "svdd-mc": "C1", "best-of-n": "C2", "smc": "C3", "base": "C4"}  # same in every panel
 
 
@@ -364,8 +462,8 @@ def main():
     q = args.quick
     t_all = time.perf_counter()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if not parts or set(parts) - {"motif", "hidden", "rna", "steps"}:
-        raise SystemExit(f"--parts: a comma-separated subset of motif,hidden,rna,steps, got {args.parts!r}")
+    if not parts or set(parts) - {"motif", "hidden", "rna", "steps", "steps_low"}:
+        raise SystemExit(f"--parts: a comma-separated subset of motif,hidden,rna,steps,steps_low, got {args.parts!r}")
     out = {"config": {"quick": q, "parts": parts, "python": platform.python_version(), "torch": torch.__version__}}
     aggs = {}
     steps = 16 if q else 64
@@ -420,6 +518,9 @@ def main():
         write(out, aggs, q)
     if "steps" in parts:
         steps_part(args, q, out)
+        write(out, aggs, q)
+    if "steps_low" in parts:
+        steps_low_part(args, q, out)
         write(out, aggs, q)
     if "rna" in parts:
         t0 = time.perf_counter()
