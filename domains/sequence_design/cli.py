@@ -130,7 +130,7 @@ def tour(out_dir: Path, quick: bool) -> dict:
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    L, n, steps = 32, (600 if quick else 2000), (300 if quick else 600)
+    L, n, steps = 32, (600 if quick else 2000), (300 if quick else 1500)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(4, (n, L), generator=g)
     motif = DNA.encode("TGACTCA")[0]
