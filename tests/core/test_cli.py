@@ -125,3 +125,25 @@ def test_fkc_arguments_are_checked_before_any_work(argv, needle, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.startswith("sciffusion: error:") and needle in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_threads_default_to_one_unless_asked(monkeypatch):
+    """The CLI runs torch on 1 thread unless --threads or $OMP_NUM_THREADS says otherwise (README: one
+    thread was as fast on an idle machine and far faster on a busy one for these small models)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        cli._set_threads(None)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        cli._set_threads(None)
+        assert torch.get_num_threads() == 2
+        cli._set_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--threads", "0", "tour"])
+    assert e.value.code == 2
