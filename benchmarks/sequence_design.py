@@ -36,7 +36,7 @@ model cost: SVDD-PM with (M, K) = (16, 64), (32, 32), (64, 16), each against bes
 model evaluations on the same K-step grid and on the 64-step grid; three seeds.
 
 Part ``steps_low`` (optional, ``--parts steps_low``, the cached motif model): the same question at the main table's
-low costs (about 80, 160, 320 model evaluations per design): SVDD-PM on K = 64, 32, 16, 8, 4, 2 steps with M set so
+low costs (about 80, 160, 320 model evaluations per design), and part ``steps``' ~950 again: SVDD-PM on K = 64, 32, 16, 8, 4, 2 steps with M set so
 its measured cost is near each target, best-of-N with base samples on K = 64, ..., 2, 1 steps and N = cost / (one
 sample's measured cost); each side's best grid is its figure; ELBO, 3-mer correlation, diversity beside; three
 seeds, 64 designs. Writes benchmarks/results/sequence_design_steps_low.json.
@@ -44,7 +44,7 @@ seeds, 64 designs. Writes benchmarks/results/sequence_design_steps_low.json.
 CPU budget: one thread (OMP_NUM_THREADS=1). Measured on the shared 2-core machine at load ~10: base-model
 training 3000 steps ~16-18 min wall per model (motif, rna), then decoding ~10-20 min wall for ``motif``,
 ~30 min for ``rna`` (its reward-matched best-of-N draws 200-400 base samples per design), ~15 min for
-``steps`` and ~5 min for ``steps_low`` (261 s at load ~5). ``--quick`` is a smoke run (tiny sizes, not quoted). ``--cache DIR`` keeps the trained base models
+``steps`` and ~12 min for ``steps_low`` (744 s at load ~2-5). ``--quick`` is a smoke run (tiny sizes, not quoted). ``--cache DIR`` keeps the trained base models
 (and their training checkpoints) for reruns.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/sequence_design.py [--parts motif,rna,steps,steps_low,hidden] [--quick] [--cache DIR]
@@ -329,7 +329,8 @@ def steps_part(args, q, out):
 
 
 def steps_low_part(args, q, out):
-    """Step allocation at the main table's low model costs (about 80, 160 and 320 evaluations per design):
+    """Step allocation at the main table's low model costs (about 80, 160 and 320 evaluations per design,
+    and ~950 as in :func:`steps_part`, where best-of-N was tried only on 16 and 64 steps):
     for each cost, SVDD-PM over (M, K) allocations whose measured cost is near it (a K-step grid on
     L = 64 sites has about e(K) = K (1 - (1 - 1/K)^64) steps that unmask a site, 40.6 at K = 64, 27.8 at 32,
     15.7 at 16; SVDD-PM evaluates its M candidates at each of them but the last, where the candidates are
@@ -352,7 +353,9 @@ def steps_low_part(args, q, out):
     else:
         plan = {80: ((2, 64), (3, 32), (5, 16), (11, 8), (26, 4), (79, 2)),
                 160: ((4, 64), (6, 32), (11, 16), (23, 8), (53, 4), (159, 2)),
-                320: ((8, 64), (12, 32), (22, 16), (46, 8), (106, 4), (319, 2))}
+                320: ((8, 64), (12, 32), (22, 16), (46, 8), (106, 4), (319, 2)),
+                # part steps' ~950 again, best-of-N now on every grid (no K = 2 for SVDD-PM: 949 candidates)
+                950: ((22, 64), (34, 32), (64, 16), (136, 8), (316, 4))}
         grids = (1, 2, 4, 8, 16, 32, 64)
     rows = []
     for seed in ((0,) if q else (0, 1, 2)):
