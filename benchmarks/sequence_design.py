@@ -39,7 +39,8 @@ Part ``steps_low`` (optional, ``--parts steps_low``, the cached motif model): th
 low costs (about 80, 160, 320 model evaluations per design), and part ``steps``' ~950 again: SVDD-PM on
 K = 64, 32, 16, 8, 4, 2 steps (not 2 at ~950) with M set so its measured cost is near each target, best-of-N
 with base samples on K = 64, ..., 2, 1 steps and N = cost / (one sample's measured cost); each side's best grid
-is its figure; ELBO, 3-mer correlation, diversity beside; three seeds, 64 designs. Writes benchmarks/results/sequence_design_steps_low.json.
+is its figure; ELBO, 3-mer correlation, diversity beside; three seeds, 64 designs. Writes
+benchmarks/results/sequence_design_steps_low.json.
 
 CPU budget: one thread (OMP_NUM_THREADS=1). Measured on the shared 2-core machine at load ~10: base-model
 training 3000 steps ~16-18 min wall per model (motif, rna), then decoding ~10-20 min wall for ``motif``,
@@ -47,7 +48,8 @@ training 3000 steps ~16-18 min wall per model (motif, rna), then decoding ~10-20
 ``steps`` and ~12 min for ``steps_low`` (744 s at load ~2-5). ``--quick`` is a smoke run (tiny sizes, not
 quoted). ``--cache DIR`` keeps the trained base models (and their training checkpoints) for reruns.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/sequence_design.py [--parts motif,rna,steps,steps_low,hidden] [--quick] [--cache DIR]
+Run:  OMP_NUM_THREADS=1 python benchmarks/sequence_design.py [--parts motif,rna,steps,steps_low,hidden] [--quick]
+      [--cache DIR]
 Writes benchmarks/results/sequence_design.json and .png when ``motif`` is among the parts, else
 benchmarks/results/sequence_design_<parts>.json (and .png).
 """
