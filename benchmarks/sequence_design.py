@@ -287,17 +287,23 @@ def hidden_part(args, q, out, aggs):
                      "seconds": time.perf_counter() - t0}
 
 
-def steps_part(args, q, out):
-    """Candidates per step against steps, at one model cost: SVDD-PM with (M, K) = (16, 64), (32, 32),
-    (64, 16) on the motif task (the cached motif base model), each against best-of-N matched to its
-    measured model evaluations with base samples on the same K-step grid and on the 64-step grid."""
-    t0 = time.perf_counter()
+def _motif_setup(args, q):
+    """The planted-motif task of the step-allocation parts: L, data, reward, cached base model,
+    process, its config and the number of designs."""
     L = 64
     data = planted(400 if q else 4000, L, 0.3, seed=0)
     reward = HammingMotifCount(MOTIF, 1)
     model, proc, cfg, _ = base_model(data, args.cache, "motif", 100 if q else args.train_steps, 32 if q else 48,
                                      None if q else args.ema_decay)
-    num = 8 if q else 64
+    return L, data, reward, model, proc, cfg, (8 if q else 64)
+
+
+def steps_part(args, q, out):
+    """Candidates per step against steps, at one model cost: SVDD-PM with (M, K) = (16, 64), (32, 32),
+    (64, 16) on the motif task (the cached motif base model), each against best-of-N matched to its
+    measured model evaluations with base samples on the same K-step grid and on the 64-step grid."""
+    t0 = time.perf_counter()
+    L, data, reward, model, proc, cfg, num = _motif_setup(args, q)
     configs = ((4, 16), (8, 8)) if q else ((16, 64), (32, 32), (64, 16))
     rows = []
     for seed in ((0,) if q else (0, 1, 2)):
@@ -343,12 +349,7 @@ def steps_low_part(args, q, out):
     setting is its figure; the ratio is SVDD-PM's best over best-of-N's best, over all grids and over
     K >= 16 (where both stay within ~3 nats of the 64-step base samples' ELBO), and per grid."""
     t0 = time.perf_counter()
-    L = 64
-    data = planted(400 if q else 4000, L, 0.3, seed=0)
-    reward = HammingMotifCount(MOTIF, 1)
-    model, proc, cfg, _ = base_model(data, args.cache, "motif", 100 if q else args.train_steps, 32 if q else 48,
-                                     None if q else args.ema_decay)
-    num = 8 if q else 64
+    L, data, reward, model, proc, cfg, num = _motif_setup(args, q)
     if q:
         plan = {16: ((2, 8), (4, 4)), 32: ((4, 8), (8, 4))}
         grids = (4, 8)
