@@ -417,34 +417,25 @@ def main():
     args = ap.parse_args()
     t_start = time.perf_counter()
     torch.set_num_threads(1)
-    if args.masked:
-        import subprocess
-
-        rows = masked_study(args.quick)
+    if args.masked or args.order:
+        # a study stored in its own key of --out, the rest of the file kept
         old = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "feynman_kac"}
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
         key = "order" if not args.quick else "order_quick"
-        old.setdefault(key, {})["masked"] = rows
-        old[key]["masked_run"] = {
-            "command": "OMP_NUM_THREADS=1 python benchmarks/feynman_kac.py --masked" + (" --quick" if args.quick else ""),
-            "commit": commit, "seconds": round(time.perf_counter() - t_start, 1),
-            "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(old, indent=1))
-        print(f"wrote {args.out} ({round(time.perf_counter() - t_start, 1)} s)")
-        return
-    if args.order:
+        flag = "--masked" if args.masked else "--order"
+        if args.masked:
+            old.setdefault(key, {})["masked"] = masked_study(args.quick)
+            record = old[key]["masked_run"] = {}
+        else:  # the order study replaces the key but keeps a stored masked study
+            kept = {k: v for k, v in old.get(key, {}).items() if k in ("masked", "masked_run")}
+            record = old[key] = {**order_study(args.quick), **kept}
         import subprocess
 
-        res = order_study(args.quick)
-        old = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "feynman_kac"}
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent).stdout.strip()
-        old["order" if not args.quick else "order_quick"] = {
-            **res, "command": "OMP_NUM_THREADS=1 python benchmarks/feynman_kac.py --order" + (" --quick" if args.quick else ""),
+        record.update({
+            "command": f"OMP_NUM_THREADS=1 python benchmarks/feynman_kac.py {flag}" + (" --quick" if args.quick else ""),
             "commit": commit, "seconds": round(time.perf_counter() - t_start, 1),
-            "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+            "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(old, indent=1))
         print(f"wrote {args.out} ({round(time.perf_counter() - t_start, 1)} s)")
