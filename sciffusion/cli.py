@@ -31,7 +31,6 @@ COMMANDS = {
     "bridges": ("schrodinger_bridge", "Schrödinger bridges with iterative reference refinement"),
     "molecules": ("boltzmann", "Boltzmann sampling of molecules and free energies"),
     "sequences": ("sequence_design", "DNA/RNA design with soft value-based decoding (SVDD)"),
-    "sequences": ("sequence_design", "DNA/RNA design with soft value-based decoding (SVDD)"),
     "graphs": ("graph_sde", "graph and molecule generation with GDSS (joint SDEs over X and A)"),
 }
 _ALIASES = {cmd: ep for cmd, (ep, _) in COMMANDS.items()}

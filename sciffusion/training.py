@@ -63,6 +63,16 @@ class _Batches:
         return out[0] if self.single else out
 
 
+def capped_ema_decay(steps: int, decay: float = 0.999) -> float:
+    r"""An EMA decay for a run of ``steps`` steps: :math:`\max(0, \min(d, 1 - 10/\text{steps}))`.
+
+    The EMA of :func:`fit` starts at the random initialisation and keeps a share :math:`d^{\,\text{steps}}`
+    of it (0.999^1500 = 22%); capping :math:`d` at :math:`1 - 10/\text{steps}` bounds that share by
+    :math:`e^{-10}`, and leaves ``decay`` unchanged for runs of ``10 / (1 - decay)`` steps and more.
+    """
+    return max(0.0, min(decay, 1.0 - 10.0 / max(steps, 1)))
+
+
 def fit(
     model: torch.nn.Module,
     loss_fn: LossFn,

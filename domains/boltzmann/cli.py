@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -383,7 +382,6 @@ def _guard(fn):
 # ------------------------------------------------------------------------------------------
 def tour(out_dir: Path, quick: bool) -> dict:
     """Double well (kT = 1): unbiased vs well-tempered adjoint sampler, reweighted, against quadrature."""
-    t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = build_system("double-well", ["x1"])
@@ -408,7 +406,7 @@ def tour(out_dir: Path, quick: bool) -> dict:
             rows.append({"sampler": f"{label}, {wname}", "P(x1>0)": round(p, 4), "dF(A->B) kT": round(df, 3),
                          "ESS": round(ess, 1), "energy_calls": res.energy_evaluations})
     _plot_tour(out_dir / "boltzmann_double_well.png", spec, results)
-    return {"section": "boltzmann", "seconds": round(time.perf_counter() - t0, 1), "system": "double well, kT=1",
+    return {"section": "boltzmann", "system": "double well, kT=1",
             "rows": rows, "figures": ["boltzmann_double_well.png"]}
 
 

@@ -160,7 +160,6 @@ def tour(out_dir: Path, quick: bool) -> dict:
     from .sources import SecondOrderMarkovSource
     from .train import train
 
-    t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -216,7 +215,7 @@ def tour(out_dir: Path, quick: bool) -> dict:
     fig.tight_layout()
     fig.savefig(out_dir / "discrete_oracle_kl.png", dpi=100)
     plt.close(fig)
-    return {"section": "discrete", "seconds": round(time.perf_counter() - t_start, 1), "rows": rows,
+    return {"section": "discrete", "rows": rows,
             "train_steps": steps, "entropy_nats_per_token": round(h, 4),
             "heldout_nelbo_nats_per_token": round(ev["nats_per_token"], 4),
             "sample_first_hitting": texts["first_hitting"][0], "figures": ["discrete_oracle_kl.png"]}

@@ -11,7 +11,6 @@ printed number is compared with the exact target computed by quadrature:
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -106,7 +105,6 @@ def _plot_tour(path: Path, results: dict) -> None:
 
 def tour(out_dir: Path, quick: bool) -> dict:
     """Annealing (beta=3), product and CFG (w=2) on 1-D mixtures: exact vs FKC vs uncorrected."""
-    t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     particles, steps = (2048, 100) if quick else (8192, 400)
@@ -118,7 +116,7 @@ def tour(out_dir: Path, quick: bool) -> dict:
         _, mixtures, exps = build(kind, proc)
         results[kind] = (res, mixtures, exps, proc)
     _plot_tour(out_dir / "fkc_targets.png", results)
-    return {"section": "feynman_kac", "seconds": round(time.perf_counter() - t0, 1), "particles": particles,
+    return {"section": "feynman_kac", "particles": particles,
             "steps": steps, "rows": rows, "figures": ["fkc_targets.png", "fkc_diagnostics.png"]}
 
 

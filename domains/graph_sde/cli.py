@@ -155,8 +155,9 @@ def _train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ema = args.ema_decay
     if ema is None:
-        # the EMA starts at the random init and keeps d^steps of it: cap d so that share stays below e^-10
-        ema = max(0.0, min(model.config.train["ema_decay"], 1.0 - 10.0 / max(args.steps, 1)))
+        from sciffusion.training import capped_ema_decay
+
+        ema = capped_ema_decay(args.steps, model.config.train["ema_decay"])
     model.fit(train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=ema, seed=args.seed,
               checkpoint=out / "train_checkpoint.pt", progress=not args.no_progress)
     model.save(out)
@@ -296,7 +297,6 @@ def tour(out_dir: Path, quick: bool) -> dict:
     from . import datasets, metrics, plots
     from .model import GraphSDE
 
-    t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps, nfe, num = (150, 40, 20) if quick else (800, 200, 100)
@@ -333,7 +333,7 @@ def tour(out_dir: Path, quick: bool) -> dict:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return {"section": "graph_sde", "seconds": round(time.perf_counter() - t0, 1), "train_steps": steps,
+    return {"section": "graph_sde", "train_steps": steps,
             "kernel": "gaussian_emd", "num_test": len(test_g), "num_samples": num, "rows": rows,
             "figures": ["graph_sde_samples.png"]}
 

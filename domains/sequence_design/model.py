@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from sciffusion.domains.discrete.losses import masked_elbo_count
+from sciffusion.training import capped_ema_decay
 from sciffusion.domains.discrete.train import load_model, save_model, train
 
 from .alphabet import Alphabet, _check_x, get_alphabet
@@ -31,7 +32,8 @@ def train_base_model(x: torch.Tensor, *, arch: str = "cnn", arch_kwargs: dict | 
         arch: ``"cnn"`` (dilated residual CNN, the default for DNA) or ``"transformer"``.
         arch_kwargs: network sizes (``channels``/``depth`` for the CNN, ``d_model``/``num_layers``
             for the transformer).
-        ema_decay: decay ``d`` of the returned EMA weights. Default ``min(0.999, 1 - 10 / steps)``:
+        ema_decay: decay ``d`` of the returned EMA weights. Default ``min(0.999, 1 - 10 / steps)``
+            (:func:`sciffusion.training.capped_ema_decay`):
             the EMA keeps a share :math:`d^{\,\text{steps}}` of the random initialisation, which is
             0.999^1500 = 22% for a fixed 0.999 after 1500 steps; the default bounds it by
             :math:`(1 - 10/\text{steps})^{\text{steps}} < e^{-10} \approx 5\cdot 10^{-5}` and keeps
@@ -44,7 +46,7 @@ def train_base_model(x: torch.Tensor, *, arch: str = "cnn", arch_kwargs: dict | 
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if ema_decay is None:
-        ema_decay = min(0.999, max(0.0, 1.0 - 10.0 / steps))
+        ema_decay = capped_ema_decay(steps)
     if not (isinstance(ema_decay, (int, float)) and 0.0 <= ema_decay < 1.0):
         raise ValueError(f"ema_decay must be a number in [0, 1), got {ema_decay!r}")
     res, proc, cfg = train(x, vocab_size=4, process="masked", schedule="loglinear", arch=arch,

@@ -227,3 +227,13 @@ def test_losses_are_read_back_only_at_logging_steps(tmp_path):
     assert torch.load(ck, weights_only=False)["step"] == 5
     with pytest.raises(ValueError, match="log_every"):
         fit(torch.nn.Linear(3, 1).double(), _mse, (X, y), steps=1, log_every=0)
+
+
+def test_capped_ema_decay_bounds_the_share_of_the_random_init():
+    """d^steps of the initial weights stays in the EMA: the cap 1 - 10/steps keeps it below e^-10."""
+    import math
+
+    from sciffusion.training import capped_ema_decay
+
+    assert capped_ema_decay(1500) == 1.0 - 10.0 / 1500 and capped_ema_decay(1500) ** 1500 < math.exp(-10)
+    assert capped_ema_decay(10000) == 0.999 and capped_ema_decay(20, 0.9) == 0.5 and capped_ema_decay(5) == 0.0
