@@ -217,10 +217,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sciffusion {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch CPU threads (default: $OMP_NUM_THREADS if set, else 1; the models here are "
-                             "small: on an idle 2-core machine the tour took 186 s on one thread and 198 s on two, "
-                             "and with one other busy process its core section 17 s on one thread against over "
-                             "270 s on two)")
+                        help="torch CPU threads (default: torch's own, all cores or $OMP_NUM_THREADS). "
+                             "On a shared, busy machine use 1: two threads there oversubscribe the cores "
+                             "(the tour's core section took over 270 s on two threads against 17 s on one, "
+                             "with one other process running); on an idle 2-core machine two threads were "
+                             "faster (README)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     p_tour = sub.add_parser("tour", help="run every domain end to end at small size")
     p_tour.add_argument("--out", type=Path, default=Path("tour-output"), help="folder for figures and JSON")
@@ -273,15 +274,11 @@ def _out_paths(args) -> list[Path]:
 
 
 def _set_threads(threads: int | None) -> None:
-    """torch's intra-op threads for this command: ``--threads``, else ``$OMP_NUM_THREADS``, else 1."""
-    import os
+    """torch's intra-op threads for this command: ``--threads`` if given, else torch's own default."""
+    if threads is not None:
+        import torch
 
-    if threads is None:
-        env = os.environ.get("OMP_NUM_THREADS", "")
-        threads = int(env) if env.isdigit() and int(env) > 0 else 1
-    import torch
-
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
