@@ -66,6 +66,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .cvs import dihedral_angle
 from .energies import Energy
 
 __all__ = ["ZMatrix", "nerf_place", "InternalCoordinateEnergy", "InternalCV", "euler_zyz"]
@@ -94,13 +95,6 @@ def _angle(a, b, c):
     u, v = a - b, c - b
     cos = (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))
     return torch.acos(cos.clamp(-1.0, 1.0))
-
-
-def _dihedral(a, b, c, d):
-    """Dihedral a-b-c-d in (-pi, pi], mdtraj's sign (as :func:`.cvs.dihedral_angle`)."""
-    b1, b2, b3 = b - a, c - b, d - c
-    n1, n2 = torch.cross(b1, b2, dim=-1), torch.cross(b2, b3, dim=-1)
-    return torch.atan2(b2.norm(dim=-1) * (b1 * n2).sum(-1), (n1 * n2).sum(-1))
 
 
 def euler_zyz(alpha: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -263,7 +257,7 @@ class ZMatrix:
         x = self._check_x(x)
         r = torch.stack([(x[:, i] - x[:, j]).norm(dim=-1) for i, j, _, _ in self.rows[1:]], 1)
         th = torch.stack([_angle(x[:, i], x[:, j], x[:, k]) for i, j, k, _ in self.rows[2:]], 1)
-        ph = torch.stack([_dihedral(x[:, i], x[:, j], x[:, k], x[:, l]) for i, j, k, l in self.rows[3:]], 1) \
+        ph = torch.stack([dihedral_angle(x, i, j, k, l) for i, j, k, l in self.rows[3:]], 1) \
             if self.n_atoms > 3 else x.new_zeros(x.shape[0], 0)
         return torch.cat([r, th, ph], 1)
 
