@@ -16,7 +16,9 @@ where they are needed).
 * the well-tempered loop: :func:`run_wtasbs` (rounds, frozen final stage, weights, checkpoints);
 * internal coordinates: :class:`ZMatrix` (NeRF, exact volume element) and
   :class:`InternalCoordinateEnergy` (the Boltzmann density over standardized bonds, angles and
-  periodic torsions, for the sampler).
+  periodic torsions, for the sampler);
+* refinement: :func:`resample_move` (systematic resampling of weighted samples, then MALA moves
+  on the frozen biased or unbiased target, :func:`mala`).
 """
 
 from .cvs import CV, Coordination, CVSet, Dihedral, Distance, dihedral_angle, phi_psi_alanine
@@ -28,6 +30,7 @@ from .idem import IDEMSampler, dem_score
 from .internal import InternalCoordinateEnergy, InternalCV, ZMatrix
 from .sampler import AdjointSampler, ChiralityRestraint, ReplayBuffer, SampleResult, energy_and_forces
 from .reference import ReferenceRun, run_md, run_metadynamics
+from .refine import RefineResult, mala, resample_move
 from .wtasbs import BiasPotential, WTResult, run_wtasbs, sample_unbiased
 
 __all__ = ["CV", "Coordination", "CVSet", "Dihedral", "Distance", "dihedral_angle", "phi_psi_alanine", "Basin",
@@ -36,4 +39,4 @@ __all__ = ["CV", "Coordination", "CVSet", "Dihedral", "Distance", "dihedral_angl
            "LennardJones", "OpenMMEnergy", "alanine_dipeptide", "WellTemperedBias", "log_importance_weights",
            "effective_sample_size", "AdjointSampler", "ChiralityRestraint", "ReplayBuffer", "SampleResult",
            "energy_and_forces", "IDEMSampler", "dem_score", "BiasPotential", "WTResult", "run_wtasbs", "sample_unbiased",
-           "ZMatrix", "InternalCoordinateEnergy", "InternalCV"]
+           "ZMatrix", "InternalCoordinateEnergy", "InternalCV", "RefineResult", "mala", "resample_move"]
