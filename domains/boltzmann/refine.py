@@ -100,7 +100,7 @@ def _check_x(energy: Any, x: Any) -> torch.Tensor:
     if not torch.isfinite(x).all():
         i = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0])
         raise ValueError(f"x has a non-finite value at particle {i}")
-    return x.detach().to(torch.float64)
+    return x.detach().to(torch.float64).clone()  # moved in place below; never the caller's tensor
 
 
 def _evaluate(energy, potential, x):
@@ -195,7 +195,6 @@ def mala(energy: Any, x: torch.Tensor, *, num_steps: int, generator: torch.Gener
             a = log_u < log_alpha
             idx = ok.nonzero()[:, 0][a]
             accept[idx] = True
-            x, f = x.clone(), f.clone()
             x[idx], f[idx], u[idx], v[idx] = y[idx], fy[a], uy[a], vy[a]
         acc[k] = accept.double().mean()
         if k < n_adapt:
