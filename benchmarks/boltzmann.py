@@ -16,6 +16,9 @@ Parts (``--part``):
   (:class:`~sciffusion.domains.boltzmann.internal.InternalCoordinateEnergy`: Z-matrix, Hessian
   whitening at the L-BFGS minimum, phi/psi at ``--internal-cv-scale`` rad, torsion periodisation
   term in the weights), ``--internal-runs unbiased,well-tempered``; same CPU budget unit.
+  ``--refine-steps 50,200`` adds resample-move rows (:func:`~sciffusion.domains.boltzmann.refine.resample_move`:
+  resampling by the path weights, then MALA on the frozen biased target, or on the unbiased one
+  without a bias), one row per cumulative step count, energy calls including the refinement.
 
 Run (shared 2-core CPU; background):
     OMP_NUM_THREADS=1 nohup python benchmarks/boltzmann.py --part analytic > bench_boltzmann_analytic.log &
@@ -279,9 +282,62 @@ def alanine_internal(args):
                           0, periodic=[True, True], extra=extra)
             rows.append(row)
             print("alanine internal", row, flush=True)
+        if args.refine_steps:
+            rows += _refine_rows(args, label, res, ice, cvs, None if label == "unbiased" else bias, valid, extra)
         out.setdefault("history", {})[label] = [h for h in sampler.history[:: max(1, len(sampler.history) // 40)]]
     out["sampler"] = rows
     return out
+
+
+def _refine_rows(args, label, res, ice, cvs, bias, valid, extra):
+    """Resample-move refinement of a run's final samples (``--refine-steps``): resample by the
+    path weights *for the target that is moved on* and run MALA there, reporting after each of
+    the cumulative step counts given. With the frozen bias that target is exp(-(U~ + V)), whose
+    log-weights are the path log-weights for U~ minus V (the path weights are exact for U~, the
+    unbiased density on R^60); the moved particles then carry exp(V) back to U~, and the torsion
+    wrap term (``log_wrap_weight``) at their new positions back to the Boltzmann distribution.
+    Without a bias the target is U~ itself and the moved particles' weights are the wrap term only."""
+    from sciffusion import smc
+    from sciffusion.domains.boltzmann.refine import mala, resample_move
+
+    totals = sorted({int(k) for k in args.refine_steps.split(",") if k})
+    lw0 = res.path_log_weights - (res.bias_values if bias is not None else 0.0)
+    lw0 = torch.where(torch.isfinite(lw0), lw0, torch.full_like(lw0, -math.inf))
+    ess0 = float(smc.ess(lw0))
+    g = torch.Generator().manual_seed(1)
+    rows, done, calls, seconds, ref = [], 0, 0, 0.0, None
+    base_calls, base_wall = res.energy_evaluations, res.seconds
+    for total in totals:
+        t0 = time.perf_counter()
+        if ref is None:
+            ref = resample_move(ice, res.x, lw0, num_steps=total, bias=bias, valid=valid, generator=g,
+                                adapt_fraction=min(0.5, 25 / total))
+            ancestors, h = ref.ancestors, ref.step_size
+        else:  # continue the same chains with the frozen step size
+            ref = mala(ice, ref.x, num_steps=total - done, bias=bias, valid=valid, generator=g, step_size=h)
+        seconds += time.perf_counter() - t0
+        calls += ref.energy_calls
+        done = total
+        lw = ref.log_weights + ice.log_wrap_weight(ref.x)
+        with torch.no_grad():
+            cv = cvs(ref.x).double()
+            u_cart = ice.cartesian_energy(ice.to_cartesian(ref.x))
+        ice.cartesian_energy.num_calls -= ref.x.shape[0]  # a diagnostic, not part of the method's cost
+        res.seconds, res.energy_evaluations = base_wall + seconds, base_calls + calls
+        row_extra = {"refine_steps": total, "refine_step_size": round(h, 5),
+                     "refine_acceptance": round(ref.acceptance_rate, 4),
+                     "refine_energy_calls": calls, "refine_wall_s": round(seconds, 1),
+                     "resampling_ess": round(ess0, 1), "distinct_ancestors": int(ancestors.unique().numel()),
+                     "distinct_ancestors_in_B": int(ancestors[((res.cv[ancestors, 0] > 0) & (res.cv[ancestors, 0] < 2))]
+                                                    .unique().numel()),
+                     "mean_reduced_energy": round(float(u_cart.mean()), 2),
+                     "raw_fraction_in_B": round(float(((cv[:, 0] > 0) & (cv[:, 0] < 2)).double().mean()), 4),
+                     "bias_grid_delta_f": extra["bias_grid_delta_f"]}
+        row = _df_row(f"{label}, resample-move {total} MALA steps", res, lw, float(smc.ess(lw)), cv, ["phi", "psi"],
+                      BASIN_A, BASIN_B, 0, periodic=[True, True], extra=row_extra)
+        rows.append(row)
+        print("alanine internal", row, flush=True)
+    return rows
 
 
 def main(argv=None):
@@ -300,6 +356,8 @@ def main(argv=None):
     p.add_argument("--internal-sequential", action="store_true", help="well-tempered decay within each round's hills")
     p.add_argument("--internal-cv-scale", type=float, default=1.0,
                    help="scale (rad) of the phi/psi coordinates instead of the Hessian's (0: Hessian)")
+    p.add_argument("--refine-steps", default="", help="alanine-internal: resample-move refinement of each run's "
+                   "samples, cumulative MALA step counts reported, comma-separated (e.g. 100,400; empty: none)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--metad-steps", type=int, default=1_500_000, help="2 fs steps (1.5e6 = 3 ns)")
     p.add_argument("--alanine-iterations", type=int, default=400)
