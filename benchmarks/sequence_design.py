@@ -68,6 +68,7 @@ from sciffusion.domains.discrete import MaskedProcess
 from sciffusion.domains.sequence_design import (DNA, HammingMotifCount, StructureDistance, elbo,
                                                 fit_value_network, kmer_correlation, pairwise_hamming,
                                                 sample_best_of_n, sample_smc, sample_svdd, train_base_model)
+from sciffusion.domains.sequence_design.decoding import VALUE_SAMPLES
 
 MOTIF = "TGACTCAG"
 RNA_TARGET = "((((((((....))))))))..........((((((((....))))))))"  # 50 nt, two hairpins
@@ -144,12 +145,15 @@ def row(res, model, proc, data, eval_seed, **extra):
 
 
 def run_methods(model, proc, reward, data, L, steps, num, Ms, seeds, lam, value_net=None, match_reward=False,
-                log=print):
+                value_samples=VALUE_SAMPLES, argmax_rows=False, log=print):
     """Every method at each M, matched to SVDD-PM's measured model evaluations per design (rows with
     ``matched="nfe"``); with ``match_reward``, best-of-N once more with N = SVDD-PM's measured reward
     evaluations per design (``matched="reward"``). SMC needs no second run: it scores every particle
     at every step and at the end, so its N particles cost N * steps model and N * (steps + 1) reward
-    evaluations per design, and SVDD-PM's ~M * steps of each match both with the same N."""
+    evaluations per design, and SVDD-PM's ~M * steps of each match both with the same N (with
+    ``value_samples=0``; S value draws multiply SVDD-PM's reward evaluations by about S). SVDD-PM runs with
+    ``value_samples``; ``argmax_rows`` adds SVDD-PM with the argmax value (``value_samples=0``, method
+    ``svdd-pm-argmax``, same seed) beside it."""
     rows = []
     for seed in seeds:
         g = lambda k: torch.Generator().manual_seed(1000 * seed + k)  # noqa: E731
@@ -159,8 +163,14 @@ def run_methods(model, proc, reward, data, L, steps, num, Ms, seeds, lam, value_
         log(f"seed {seed} base: reward {rows[-1]['mean_reward']:.3f}, evals/design {per_sample:.1f}")
         for M in Ms:
             first = len(rows)
-            sv = sample_svdd(model, proc, reward, (num, L), steps, num_candidates=M, alpha=0.0, generator=g(M))
-            rows.append(row(sv, model, proc, data, seed, seed=seed, M=M, matched="-"))
+            sv = sample_svdd(model, proc, reward, (num, L), steps, num_candidates=M, alpha=0.0,
+                             value_samples=value_samples, generator=g(M))
+            rows.append(row(sv, model, proc, data, seed, seed=seed, M=M, matched="-", value_samples=value_samples))
+            if argmax_rows:
+                sva = sample_svdd(model, proc, reward, (num, L), steps, num_candidates=M, alpha=0.0, value_samples=0,
+                                  generator=g(M))
+                rows.append(row(sva, model, proc, data, seed, seed=seed, M=M, matched="-", value_samples=0))
+                rows[-1]["method"] = "svdd-pm-argmax"
             n = max(1, round(sv.model_evals_per_design / per_sample))
             bon = sample_best_of_n(model, proc, reward, (num, L), steps, n=n, generator=g(100 + M))
             rows.append(row(bon, model, proc, data, seed, seed=seed, M=M, matched="nfe"))
@@ -240,9 +250,8 @@ def hidden_part(args, q, out, aggs):
     hold = order2_markov(1000, L, seed=12)
     r_g = torch.corrcoef(torch.stack([guide(hold), truth(hold)]))[0, 1]
     r_j = torch.corrcoef(torch.stack([judge(hold), truth(hold)]))[0, 1]
-    # EMA 0.999 pinned: the figures quoted in RESULTS.md were made with it (before the default changed)
-    model, proc, cfg, t_train = base_model(x, args.cache, "hidden", 100 if q else 1500, 32 if q else 48,
-                                           None if q else 0.999)
+    model, proc, cfg, t_train = base_model(x, args.cache, "hidden", 100 if q else args.train_steps, 32 if q else 48,
+                                           None if q else args.ema_decay)
     print(f"[hidden] data activity median {float(y.median()):.3f}; oracle/truth Pearson on 1000 background "
           f"sequences: guide {float(r_g):.3f}, judge {float(r_j):.3f}; base model trained in {t_train:.0f} s")
     steps, num = (16, 8) if q else (64, 64)
@@ -252,13 +261,15 @@ def hidden_part(args, q, out, aggs):
         base = sample_best_of_n(model, proc, guide, (num, L), steps, n=1, generator=gen(0))
         res = [("base", 1, base)]
         for M in ((4,) if q else (4, 8)):
-            sv = sample_svdd(model, proc, guide, (num, L), steps, num_candidates=M, generator=gen(M))
+            sv = sample_svdd(model, proc, guide, (num, L), steps, num_candidates=M, value_samples=args.value_samples,
+                             generator=gen(M))
             nb = max(1, round(sv.model_evals_per_design / base.model_evals_per_design))
             bon = sample_best_of_n(model, proc, guide, (num, L), steps, n=nb, generator=gen(100 + M))
             N = max(2, round(sv.model_evals_per_design / steps))
             lam = 2.0 / float(y.std())
             smc = sample_smc(model, proc, guide, (num, L), steps, num_particles=N, lam=lam, generator=gen(200 + M))
-            res += [("svdd-pm", M, sv), ("best-of-n", M, bon), ("smc", M, smc)]
+            sva = sample_svdd(model, proc, guide, (num, L), steps, num_candidates=M, value_samples=0, generator=gen(M))
+            res += [("svdd-pm", M, sv), ("svdd-pm-argmax", M, sva), ("best-of-n", M, bon), ("smc", M, smc)]
         for method, M, r in res:
             row = {"method": method, "M": M, "seed": seed, "model_evals_per_design": r.model_evals_per_design,
                    "reward_evals_per_design": r.reward_evals_per_design}
@@ -267,7 +278,7 @@ def hidden_part(args, q, out, aggs):
                 row[f"{name}_median"] = float(v.median())
                 row[f"{name}_top10"] = float(torch.quantile(v, 0.9))
             rows.append(row)
-            print(f"[hidden] seed {seed} {method:9s} M={M}: evals {row['model_evals_per_design']:.0f}; median "
+            print(f"[hidden] seed {seed} {method:14s} M={M}: evals {row['model_evals_per_design']:.0f}; median "
                   f"guide {row['guide_median']:.3f} judge {row['judge_median']:.3f} truth {row['truth_median']:.3f}")
     keys = sorted({(r["method"], r["M"]) for r in rows})
     agg = []
@@ -279,7 +290,7 @@ def hidden_part(args, q, out, aggs):
             if k not in ("method", "M", "seed"):
                 a[k] = sum(r[k] for r in rs) / len(rs)
         agg.append(a)
-        print(f"[hidden] {method:9s} {M:2d} {a['model_evals_per_design']:7.1f} | {a['guide_median']:.3f} "
+        print(f"[hidden] {method:14s} {M:2d} {a['model_evals_per_design']:7.1f} | {a['guide_median']:.3f} "
               f"{a['judge_median']:.3f} {a['truth_median']:.3f} | {a['guide_top10']:.3f} {a['judge_top10']:.3f} "
               f"{a['truth_top10']:.3f}")
     out["hidden"] = {"guide_truth_pearson": float(r_g), "judge_truth_pearson": float(r_j),
@@ -310,7 +321,8 @@ def steps_part(args, q, out):
         g = lambda k: torch.Generator().manual_seed(7000 + 1000 * seed + k)  # noqa: E731
         per_sample = {}
         for M, K in configs:
-            sv = sample_svdd(model, proc, reward, (num, L), K, num_candidates=M, generator=g(M))
+            # the argmax value (value_samples=0), as quoted in RESULTS.md (made before the S-draw default)
+            sv = sample_svdd(model, proc, reward, (num, L), K, num_candidates=M, value_samples=0, generator=g(M))
             rows.append({"method": "svdd-pm", "M": M, "K": K, "seed": seed, **sv.summary()})
             for Kb in sorted({K, 64 if not q else 16}):
                 if Kb not in per_sample:
@@ -368,7 +380,8 @@ def steps_low_part(args, q, out):
         for cost, allocs in plan.items():
             first = len(rows)
             for M, K in allocs:
-                sv = sample_svdd(model, proc, reward, (num, L), K, num_candidates=M, generator=g(1000 * M + K))
+                sv = sample_svdd(model, proc, reward, (num, L), K, num_candidates=M, value_samples=args.value_samples,
+                                 generator=g(1000 * M + K))
                 rows.append({"method": "svdd-pm", "cost": cost, "M": M, "K": K, "seed": seed, **sv.summary(),
                              **naturalness(sv, model, proc, data, seed)})
             for Kb in grids:
@@ -395,7 +408,7 @@ def steps_low_part(args, q, out):
                      "seeds": len(rs), "mean_reward": float(v.mean()),
                      "mean_reward_sd": float(v.std()) if len(rs) > 1 else 0.0,
                      "model_evals_per_design": sum(r["model_evals_per_design"] for r in rs) / len(rs)}
-                for f in ("elbo_nats", "kmer3_corr", "diversity"):
+                for f in ("elbo_nats", "kmer3_corr", "diversity", "reward_evals_per_design"):
                     a[f] = sum(r[f] for r in rs) / len(rs)
                 agg.append(a)
                 same_k.setdefault(K, {})[method] = a
@@ -421,12 +434,13 @@ def steps_low_part(args, q, out):
                   f"{s['mean_reward']:.3f} @ {s['model_evals_per_design']:.1f} evals; best-of-N (N={b['M']:.4g}, "
                   f"K={b['K']}) {b['mean_reward']:.3f} @ {b['model_evals_per_design']:.1f} evals; "
                   f"ratio {ratio(s, b):.2f}")
-    out["steps_low"] = {"plan": {str(c): a for c, a in plan.items()}, "grids": grids, "rows": rows,
+    out["steps_low"] = {"value_samples": args.value_samples, "plan": {str(c): a for c, a in plan.items()},
+                        "grids": grids, "rows": rows,
                         "aggregate": agg, "headline": {str(c): h for c, h in heads.items()}, "config": cfg,
                         "seconds": time.perf_counter() - t0}
 
 
-COLORS = {"svdd-pm": "C0", "svdd-mc": "C1", "best-of-n": "C2", "smc": "C3", "base": "C4"}  # same in every panel
+COLORS = {"svdd-pm": "C0", "svdd-pm-argmax": "C5", "svdd-mc": "C1", "best-of-n": "C2", "smc": "C3", "base": "C4"}  # same in every panel
 
 
 def figure(parts, path):
@@ -437,7 +451,7 @@ def figure(parts, path):
 
     fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4), squeeze=False)
     for ax, (name, agg) in zip(axes[0], parts.items()):
-        for method in ("svdd-pm", "svdd-mc", "best-of-n", "smc", "base"):
+        for method in COLORS:
             for matched, style in (("nfe", "-o"), ("-", "-o"), ("reward", ":s")):
                 pts = sorted((a["model_evals_per_design"], a["mean_reward"], a["mean_reward_sd"]) for a in agg
                              if a["method"] == method and a.get("matched", "nfe") == matched)
@@ -461,6 +475,9 @@ def main():
     ap.add_argument("--cache", default=None, help="folder to keep trained base models in (reused by reruns)")
     ap.add_argument("--train-steps", type=int, default=3000, help="base-model training steps (motif part)")
     ap.add_argument("--rna-train-steps", type=int, default=3000, help="base-model training steps (rna part)")
+    ap.add_argument("--value-samples", type=int, default=VALUE_SAMPLES,
+                    help="SVDD-PM value draws per candidate (motif, steps_low, hidden parts; 0 = argmax value)")
+    ap.add_argument("--tag", default="", help="suffix of the JSON/PNG file names")
     ap.add_argument("--ema-decay", type=float, default=0.998,
                     help="base-model EMA decay (motif and rna parts; fixed, so a checkpoint can train on)")
     args = ap.parse_args()
@@ -494,7 +511,8 @@ def main():
         vn = fit_value_network(model, proc, reward, L, num_rollouts=256 if q else 1024, num_steps=steps,
                                train_steps=50 if q else 400, batch_size=128,
                                generator=torch.Generator().manual_seed(7), channels=32, depth=3)
-        rows = run_methods(model, proc, reward, data, L, steps, num, Ms, seeds, lam=2.0, value_net=vn)
+        rows = run_methods(model, proc, reward, data, L, steps, num, Ms, seeds, lam=2.0, value_net=vn,
+                           value_samples=args.value_samples, argmax_rows=True)
         agg = aggregate(rows)
         aggs["planted motif (L=64)"] = agg
         heads = {}
@@ -515,19 +533,19 @@ def main():
                         "seconds": time.perf_counter() - t0}
         print("[motif] method M matched-on evals/design reward(sd) elbo kmer3 diversity reward_evals/design")
         for a in agg:
-            print(f"[motif] {a['method']:9s} {a['M']:2d} {a['matched']:6s} {a['model_evals_per_design']:8.1f} "
+            print(f"[motif] {a['method']:14s} {a['M']:2d} {a['matched']:6s} {a['model_evals_per_design']:8.1f} "
                   f"{a['mean_reward']:.3f}({a['mean_reward_sd']:.3f}) {a['elbo_nats']:8.2f} {a['kmer3_corr']:.3f} "
                   f"{a['diversity']:.3f} {a['reward_evals_per_design']:8.1f}")
-        write(out, aggs, q)
+        write(out, aggs, q, args.tag)
     if "hidden" in parts:
         hidden_part(args, q, out, aggs)
-        write(out, aggs, q)
+        write(out, aggs, q, args.tag)
     if "steps" in parts:
         steps_part(args, q, out)
-        write(out, aggs, q)
+        write(out, aggs, q, args.tag)
     if "steps_low" in parts:
         steps_low_part(args, q, out)
-        write(out, aggs, q)
+        write(out, aggs, q, args.tag)
     if "rna" in parts:
         t0 = time.perf_counter()
         L = len(RNA_TARGET)
@@ -538,8 +556,10 @@ def main():
                                                32 if q else 48, None if q else args.ema_decay)
         print(f"[rna] base model: {cfg['steps']} steps, EMA {cfg['ema_decay']:.5f}, trained in {t_train:.0f} s "
               f"(0 = loaded from the cache); data mean reward {float(r_data.mean()):.2f}")
+        # the argmax value (value_samples=0), as quoted in RESULTS.md: S draws per candidate would cost
+        # S ViennaRNA folds (~1 ms each here) per candidate, and a reward-matched best-of-N S times more
         rows = run_methods(model, proc, reward, data, L, 16 if q else 50, 8 if q else 32, (2, 4) if q else (4, 8),
-                           (0,) if q else (0, 1, 2), lam=1.0, match_reward=True)
+                           (0,) if q else (0, 1, 2), lam=1.0, match_reward=True, value_samples=0)
         agg = aggregate(rows)
         aggs["RNA structure (L=50)"] = agg
         heads = {}
@@ -564,17 +584,17 @@ def main():
                   f"{a['mean_reward']:.3f}({a['mean_reward_sd']:.3f}) {a['elbo_nats']:8.2f} {a['kmer3_corr']:.3f} "
                   f"{a['diversity']:.3f} {a['reward_evals_per_design']:8.1f}")
     out["seconds"] = time.perf_counter() - t_all
-    write(out, aggs, q)
+    write(out, aggs, q, args.tag)
 
 
-def write(out, aggs, quick):
+def write(out, aggs, quick, tag=""):
     """Write the JSON and the figure (after each part, so a finished part is kept). Runs without the
     ``motif`` part write ``sequence_design_<parts>.json``, so they never overwrite the headline."""
     res_dir = Path(__file__).resolve().parent / "results"
     res_dir.mkdir(exist_ok=True)
     parts = out["config"]["parts"]
     name = "sequence_design" if "motif" in parts else "sequence_design_" + "_".join(parts)
-    name += "_quick" if quick else ""
+    name += tag + ("_quick" if quick else "")
     (res_dir / f"{name}.json").write_text(json.dumps(out, indent=1, default=str))
     if aggs:
         figure(aggs, res_dir / f"{name}.png")

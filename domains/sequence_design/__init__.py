@@ -25,8 +25,8 @@ Example::
 
 from .alphabet import DNA, RNA, Alphabet, decode, encode, get_alphabet, one_hot, read_fasta, reverse_complement, \
     write_fasta
-from .decoding import (METHODS, DesignResult, ValueNetwork, denoised, design, fit_value_network, sample_base,
-                       sample_best_of_n, sample_smc, sample_svdd, sample_svdd_first_hitting, select_candidates)
+from .decoding import (METHODS, VALUE_SAMPLES, DesignResult, ValueNetwork, denoised, design, fit_value_network,
+                       posterior_value, sample_base, sample_best_of_n, sample_smc, sample_svdd, sample_svdd_first_hitting, select_candidates)
 from .metrics import kmer_correlation, kmer_spectrum, motif_occurrence_correlation, pairwise_hamming
 from .model import elbo, load_base_model, save_base_model, train_base_model
 from .rewards import (CNNOracle, Constrained, FunctionReward, GCContent, HammingMotifCount, PWMScore, Reward,
@@ -36,7 +36,7 @@ from .rewards import (CNNOracle, Constrained, FunctionReward, GCContent, Hamming
 __all__ = ["DNA", "RNA", "Alphabet", "decode", "encode", "get_alphabet", "one_hot", "read_fasta",
            "reverse_complement", "write_fasta", "METHODS", "DesignResult", "ValueNetwork", "denoised", "design",
            "fit_value_network", "sample_base", "sample_best_of_n", "sample_smc", "sample_svdd",
-           "sample_svdd_first_hitting", "select_candidates",
+           "sample_svdd_first_hitting", "select_candidates", "VALUE_SAMPLES", "posterior_value",
            "kmer_correlation", "kmer_spectrum", "motif_occurrence_correlation", "pairwise_hamming", "elbo",
            "load_base_model", "save_base_model", "train_base_model", "CNNOracle", "Constrained", "FunctionReward",
            "GCContent", "HammingMotifCount", "PWMScore", "Reward", "RNAFoldEnergy", "StructureDistance",

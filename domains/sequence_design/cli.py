@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from sciffusion.cli import CLIError, nonnegative_float, positive_float, positive_int
+from sciffusion.cli import CLIError, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 from .alphabet import DNA, get_alphabet, read_fasta, write_fasta
-from .decoding import METHODS, design, fit_value_network
+from .decoding import METHODS, VALUE_SAMPLES, design, fit_value_network
 from .model import elbo, load_base_model, save_base_model, train_base_model
 from .rewards import HammingMotifCount, parse_reward
 
@@ -65,6 +65,8 @@ def _design(args) -> int:
     kw = {}
     if args.method in ("svdd-pm", "svdd-fh", "svdd-mc"):
         kw = {"num_candidates": args.candidates, "alpha": args.alpha}
+        if args.method != "svdd-mc":
+            kw["value_samples"] = args.value_samples
     elif args.method == "best-of-n":
         kw = {"n": args.candidates}
     elif args.method == "smc":
@@ -115,6 +117,9 @@ def register_cli(subparsers) -> None:
     d.add_argument("--candidates", type=positive_int, default=8,
                    help="M for svdd-pm/svdd-fh/svdd-mc, N for best-of-n, particles per design for smc")
     d.add_argument("--alpha", type=nonnegative_float, default=0.0, help="SVDD selection temperature (0 = argmax)")
+    d.add_argument("--value-samples", type=nonnegative_int, default=VALUE_SAMPLES,
+                   help="svdd-pm/svdd-fh: draws of the denoised prediction averaged per candidate value "
+                        "(0 = the argmax prediction, one reward call per candidate)")
     d.add_argument("--lam", type=positive_float, default=1.0, help="SMC tilt strength (target p * exp(lam * r))")
     d.add_argument("--rollouts", type=positive_int, default=1024, help="svdd-mc: base rollouts for the value net")
     d.add_argument("--length", type=positive_int, default=None, help="design length (default: the model's)")

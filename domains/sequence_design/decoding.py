@@ -55,7 +55,7 @@ from sciffusion.domains.discrete import MaskedProcess, ancestral_step, model_pro
 from .rewards import as_reward
 
 __all__ = ["DesignResult", "sample_svdd", "sample_svdd_first_hitting", "sample_best_of_n", "sample_smc", "sample_base",
-           "select_candidates", "denoised", "ValueNetwork", "fit_value_network", "METHODS", "design"]
+           "select_candidates", "denoised", "posterior_value", "ValueNetwork", "fit_value_network", "METHODS", "design"]
 
 
 @dataclass
@@ -120,6 +120,40 @@ def denoised(x: torch.Tensor, probs: torch.Tensor, mask_id: int) -> torch.Tensor
     return torch.where(x == mask_id, probs.argmax(-1), x)
 
 
+VALUE_SAMPLES = 64
+"""Default ``value_samples`` of the SVDD-PM decoders (see :func:`posterior_value` and benchmarks/RESULTS.md)."""
+
+
+def posterior_value(reward, x: torch.Tensor, probs: torch.Tensor, mask_id: int, num_samples: int = 0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""SVDD-PM's value of partly masked states, without training.
+
+    ``num_samples == 0``: :math:`v(x_s) = r(\hat x_0(x_s))`, the reward of the argmax prediction
+    (:func:`denoised`). ``num_samples = S >= 1``: the Monte Carlo estimate
+
+    .. math:: v(x_s) = \frac1S \sum_{j=1}^{S} r\big(x_0^{(j)}\big), \qquad
+              x_0^{(j)} \sim \prod_{i:\,x_s^i = \mathrm{mask}} p_\theta(x_0^i \mid x_s)
+
+    of :math:`\mathbb{E}[r(x_0) \mid x_s]` under the model's factorised prediction (clean sites
+    kept). It costs ``S`` reward evaluations per masked state and no model call. Fully unmasked
+    states are scored once, by the reward itself.
+
+    Shapes: ``x (B, L)``, ``probs (B, L, V)`` -> ``(B,)`` float64.
+    """
+    if num_samples == 0:
+        return reward(denoised(x, probs, mask_id))
+    masked = (x == mask_id).any(1)
+    v = torch.empty(x.shape[0], dtype=torch.float64)
+    if (~masked).any():
+        v[~masked] = reward(x[~masked])
+    if masked.any():
+        xm = x[masked].repeat_interleave(num_samples, 0)
+        draws = sample_categorical(probs[masked].repeat_interleave(num_samples, 0), generator=generator,
+                                   validate=False)
+        v[masked] = reward(torch.where(xm == mask_id, draws, xm)).view(-1, num_samples).mean(1)
+    return v
+
+
 def select_candidates(values: torch.Tensor, alpha: float, generator: torch.Generator | None = None) -> torch.Tensor:
     r"""One candidate per row: :math:`P(m) \propto \exp(v_m/\alpha)` (SVDD Alg. 1, line 5), or uniform
     over the maximisers when ``alpha == 0`` (the :math:`\alpha \to 0` limit, ties included).
@@ -178,6 +212,11 @@ def _check_selection(num_candidates, alpha):
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
 
 
+def _check_value_samples(value_samples):
+    if isinstance(value_samples, bool) or not isinstance(value_samples, int) or value_samples < 0:
+        raise ValueError(f"value_samples must be an int >= 0, got {value_samples!r}")
+
+
 def _probs(model, x, temperature, top_p):
     return model_probs(model(x), temperature, top_p)
 
@@ -185,7 +224,7 @@ def _probs(model, x, temperature, top_p):
 @torch.no_grad()
 def sample_svdd(model, process: MaskedProcess, reward, shape=None, num_steps: int = 64, *,
                 num_candidates: int = 8, alpha: float = 0.0, value: str | Callable = "pm",
-                generator: torch.Generator | None = None, x: torch.Tensor | None = None,
+                value_samples: int = VALUE_SAMPLES, generator: torch.Generator | None = None, x: torch.Tensor | None = None,
                 temperature: float = 1.0, top_p: float = 1.0, progress: bool = False) -> DesignResult:
     r"""Soft value-based decoding (SVDD, Li et al. 2024, Alg. 1); see the module docstring.
 
@@ -199,6 +238,8 @@ def sample_svdd(model, process: MaskedProcess, reward, shape=None, num_steps: in
         alpha: selection temperature; 0 = argmax.
         value: ``"pm"`` (reward of the denoised prediction) or a callable value ``x_t -> (B,)``
             such as a :class:`ValueNetwork` (SVDD-MC).
+        value_samples: for ``value="pm"``: 0 scores the argmax prediction, ``S >= 1`` averages the
+            reward over ``S`` draws of the prediction (:func:`posterior_value`).
         generator: the randomness (transition draws, then one selection uniform per design).
         temperature, top_p: applied to the base model's :math:`p(x_0 \mid x_t)`.
 
@@ -210,6 +251,7 @@ def sample_svdd(model, process: MaskedProcess, reward, shape=None, num_steps: in
     _check_selection(num_candidates, alpha)
     if value != "pm" and not callable(value):
         raise ValueError(f"value must be 'pm' or a callable x_t -> (B,), got {value!r}")
+    _check_value_samples(value_samples)
     reward = as_reward(reward)
     c0, e0 = reward.calls, reward.evaluations
     x = _start(model, process, shape, x)
@@ -235,7 +277,7 @@ def sample_svdd(model, process: MaskedProcess, reward, shape=None, num_steps: in
             if need.any():
                 pn[need] = _probs(f, xs[need], temperature, top_p)
             if M > 1 or last:
-                v = reward(denoised(xs, pn, m)).view(B, M)
+                v = posterior_value(reward, xs, pn, m, value_samples, generator).view(B, M)
         elif M > 1 or last:
             v = torch.empty(B * M, dtype=torch.float64)
             if clean.any():
@@ -265,21 +307,22 @@ def sample_svdd(model, process: MaskedProcess, reward, shape=None, num_steps: in
 
 @torch.no_grad()
 def sample_svdd_first_hitting(model, process: MaskedProcess, reward, shape=None, *, num_candidates: int = 8,
-                              alpha: float = 0.0, generator: torch.Generator | None = None,
+                              alpha: float = 0.0, value_samples: int = VALUE_SAMPLES, generator: torch.Generator | None = None,
                               x: torch.Tensor | None = None, temperature: float = 1.0, top_p: float = 1.0,
                               progress: bool = False) -> DesignResult:
     r"""SVDD-PM on the first-hitting schedule: one site unmasked per step (Zheng et al. 2024, Alg. 1).
 
     Each step draws ``M`` candidates per design with
     :func:`~sciffusion.domains.discrete.first_hitting_step` (a uniformly chosen masked site set to
-    :math:`x^i \sim p(x_0^i \mid x_t)`), scores each by :math:`r(\hat x_0)` (the reward itself once
-    a candidate is fully unmasked) and keeps one by :func:`select_candidates`. ``L`` steps for an
+    :math:`x^i \sim p(x_0^i \mid x_t)`), scores each by :func:`posterior_value` (``value_samples``
+    as in :func:`sample_svdd`; the reward itself once a candidate is fully unmasked) and keeps one by :func:`select_candidates`. ``L`` steps for an
     all-mask start; ``M`` model evaluations per design and step, except at the last. With
     ``num_candidates=1`` this is :func:`~sciffusion.domains.discrete.sample_first_hitting` draw for draw.
     """
     from sciffusion.domains.discrete import first_hitting_step
 
     _check_selection(num_candidates, alpha)
+    _check_value_samples(value_samples)
     reward = as_reward(reward)
     c0, e0 = reward.calls, reward.evaluations
     x = _start(model, process, shape, x)
@@ -304,11 +347,11 @@ def sample_svdd_first_hitting(model, process: MaskedProcess, reward, shape=None,
         score = torch.ones_like(need) if M > 1 else ~need
         v = torch.full((xs.shape[0],), math.nan, dtype=torch.float64)
         if score.any():
-            x0h = xs[score].clone()
-            ms = need[score]
+            ls, ms = ln[score], need[score]
+            ps = torch.zeros_like(ls)
             if ms.any():
-                x0h[ms] = denoised(xs[score][ms], model_probs(ln[score][ms], temperature, top_p), m)
-            v[score] = reward(x0h)
+                ps[ms] = model_probs(ls[ms], temperature, top_p)
+            v[score] = posterior_value(reward, xs[score], ps, m, value_samples, generator)
         n = rows.shape[0]
         idx = select_candidates(v.view(n, M), alpha, generator) if M > 1 else torch.zeros(n, dtype=torch.long)
         pick = torch.arange(n) * M + idx

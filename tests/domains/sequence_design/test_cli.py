@@ -6,6 +6,7 @@ import torch
 from sciffusion.cli import main
 from sciffusion.domains.sequence_design import DNA, read_fasta, write_fasta
 from sciffusion.domains.sequence_design import cli as scli
+from sciffusion.domains.sequence_design.decoding import VALUE_SAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,8 @@ def test_tour_runs_quick(tmp_path):
     assert (base["method"], sv["method"], bon["method"]) == ("base", "svdd-pm", "best-of-n")
     x, _ = read_fasta(tmp_path / "svdd_designs.fasta")
     assert x.shape == (32, 32) and set(DNA.decode(x)[0]) <= set("ACGT")
-    assert abs(float(HammingMotifCount("TGACTCA", 1)(x).mean()) - sv["mean_reward"]) <= 5e-4
+    # the tour rounds to 3 decimals (half a unit of the last place, plus float slack for an exact tie)
+    assert abs(float(HammingMotifCount("TGACTCA", 1)(x).mean()) - sv["mean_reward"]) <= 5e-4 + 1e-12
     n = max(1, round(sv["model_evals_per_design"] / base["model_evals_per_design"]))
-    assert base["reward_evals_per_design"] == 1 and sv["reward_evals_per_design"] == 4 * 32
+    assert base["reward_evals_per_design"] == 1 and 4 * 32 < sv["reward_evals_per_design"] <= 4 * 32 * VALUE_SAMPLES
     assert bon["reward_evals_per_design"] == n

@@ -8,6 +8,7 @@ import torch
 from sciffusion.domains.discrete import MarkovChainOracle, MaskedProcess, sample_ancestral
 from sciffusion.domains.sequence_design import (HammingMotifCount, as_reward, design, fit_value_network,
                                                 sample_best_of_n, sample_smc, sample_svdd, select_candidates)
+from sciffusion.domains.sequence_design.decoding import VALUE_SAMPLES
 
 K, L = 4, 6
 
@@ -92,13 +93,21 @@ def test_soft_selection_law():
 
 def test_model_and_reward_counts_are_exact(setup):
     """Counts reported by each decoder equal independent counters; reward evaluations have closed
-    forms: SVDD-PM K*B*M, best-of-N B*N, SMC (K + 1)*B*N (one potential per step and the end)."""
+    forms: SVDD-PM with argmax values K*B*M, with S value draws B*M*(S + 1) on a 2-step grid of
+    40 sites (a candidate is complete after the first step with probability 2^-40), best-of-N B*N,
+    SMC (K + 1)*B*N (one potential per step and the end)."""
     _, pr, m = setup
     B, steps, M = 20, 7, 3
     cm, r = CountingModel(m), as_reward(count_zeros)
-    out = sample_svdd(cm, pr, r, (B, L), steps, num_candidates=M, generator=torch.Generator().manual_seed(5))
+    out = sample_svdd(cm, pr, r, (B, L), steps, num_candidates=M, value_samples=0,
+                      generator=torch.Generator().manual_seed(5))
     assert (out.nfe, out.model_evals) == (cm.calls, cm.rows)
     assert out.reward_evals == steps * B * M == r.evaluations and out.reward_calls == steps == r.calls
+    flat = lambda x: torch.zeros(x.shape + (K,))  # noqa: E731  uniform p(x0 | x_t) over K tokens
+    r, S = as_reward(count_zeros), 5
+    out = sample_svdd(flat, pr, r, (B, 40), 2, num_candidates=M, value_samples=S,
+                      generator=torch.Generator().manual_seed(5))
+    assert out.reward_evals == B * M * (S + 1) == r.evaluations and out.reward_calls == r.calls
     cm, r = CountingModel(m), as_reward(count_zeros)
     out = sample_best_of_n(cm, pr, r, (B, L), steps, n=5, generator=torch.Generator().manual_seed(5))
     assert (out.nfe, out.model_evals) == (cm.calls, cm.rows) and out.reward_evals == B * 5
@@ -200,7 +209,11 @@ def test_first_hitting_svdd(setup):
     c = sample_svdd_first_hitting(cm, pr, count_zeros, (300, L), num_candidates=4,
                                   generator=torch.Generator().manual_seed(9))
     assert (c.nfe, c.model_evals) == (cm.calls, cm.rows) == (L, 300 + 300 * 4 * (L - 1))
-    assert c.reward_evals == 300 * 4 * L and torch.equal(c.reward, count_zeros(c.x))
+    # every masked candidate is valued by VALUE_SAMPLES draws, the complete ones at the last step once
+    assert c.reward_evals == 300 * 4 * ((L - 1) * VALUE_SAMPLES + 1) and torch.equal(c.reward, count_zeros(c.x))
+    d = sample_svdd_first_hitting(m, pr, count_zeros, (300, L), num_candidates=4, value_samples=0,
+                                  generator=torch.Generator().manual_seed(9))
+    assert d.reward_evals == 300 * 4 * L and d.reward_calls == L
     assert float(c.reward.mean()) > float(count_zeros(b.x).mean()) + 0.5
 
 
@@ -227,3 +240,27 @@ def test_svdd_decoders_share_their_argument_checks(setup, kw, match):
         with pytest.raises(ValueError, match=match):
             f()
     assert cm.calls == 0 and calls == []
+
+
+def test_posterior_value_is_the_expected_reward_under_the_prediction(setup):
+    """For the linear reward count_zeros, E[r(x0) | x_s] under the factorised prediction is
+    (clean zeros) + sum over masked sites of p(x0^i = 0); the S-draw average must match it within
+    5 Monte Carlo standard errors (per-site Bernoulli variances summed, / S). S = 0 is r(argmax)."""
+    from sciffusion.domains.sequence_design import posterior_value
+    from sciffusion.domains.discrete import model_probs
+
+    _, pr, m = setup
+    g = torch.Generator().manual_seed(3)
+    x = pr.perturb(torch.randint(K, (6, L), generator=g), torch.full((6,), 0.6, dtype=torch.float64), g)
+    x[0] = pr.mask_id  # one all-masked state
+    x[1] = x[1].clamp_max(K - 1)  # one complete state
+    p = model_probs(m(x), 1.0, 1.0)
+    masked = x == pr.mask_id
+    p0 = torch.where(masked, p[..., 0], 0.0)
+    exact = count_zeros(x) + p0.sum(1)
+    S = 20000
+    v = posterior_value(count_zeros, x, p, pr.mask_id, S, g)
+    se = (p0 * (1 - p0)).sum(1).div(S).sqrt()
+    assert v[1] == count_zeros(x[1:2])[0]  # complete: the reward itself
+    assert ((v - exact).abs() <= 5 * se + 1e-12).all()
+    assert torch.equal(posterior_value(count_zeros, x, p, pr.mask_id, 0), count_zeros(torch.where(masked, p.argmax(-1), x)))
