@@ -16,10 +16,19 @@ ancestral transition, score them with a value :math:`v(x_s^{(m)})` and keep one 
 (Alg. 1, line 5; the soft-optimal policy of Eq. (5)), or a uniformly chosen maximiser when
 :math:`\alpha = 0` (the argmax limit, exactly what :math:`\alpha \to 0` converges to, ties included).
 
-* **SVDD-PM** (posterior mean): :math:`v(x_s) = r(\hat x_0(x_s))` with :math:`\hat x_0` the
-  model's argmax prediction at the masked sites (clean sites kept); no training. The model output
-  at the chosen candidate is the next step's transition (the model is time-free), so a step costs
-  one evaluation per changed candidate and ``nfe`` per design stays about :math:`M K`.
+* **SVDD-PM** (posterior mean), no training: by default (``value_samples = S = 64``) the value is
+  the Monte Carlo estimate :math:`v(x_s) = \frac1S\sum_j r(x_0^{(j)})`,
+  :math:`x_0^{(j)} \sim \prod_i p_\theta(x_0^i \mid x_s)` at the masked sites, of
+  :math:`\mathbb{E}[r(x_0) \mid x_s]`; with ``value_samples=0`` it is :math:`r(\hat x_0(x_s))`,
+  :math:`\hat x_0` the argmax prediction (the SVDD reference code's choice, one reward call per
+  candidate). Both use the one model output already computed for the candidate: S draws cost S
+  reward evaluations and no model call. On the planted-motif benchmark the S-draw value is clearly
+  better at equal model cost (``benchmarks/RESULTS.md``, sequence_design): the argmax prediction of
+  a mostly masked state scores a motif only once it is nearly written, the average sees partial
+  motifs. Use ``value_samples=0`` when a reward evaluation costs more than about S model
+  evaluations (ViennaRNA folding, for one). The model output at the chosen candidate is the next
+  step's transition (the model is time-free), so a step costs one evaluation per changed candidate
+  and ``nfe`` per design stays about :math:`M K`.
 * **SVDD-MC**: :math:`v = V_\theta(x_s)`, a small network regressed on
   :math:`(x_t, r(x_0))` pairs from base-model rollouts :math:`x_0 \sim p_\theta`,
   :math:`x_t \sim q_t(\cdot \mid x_0)` (Sec. 4.2; :func:`fit_value_network`), which estimates
