@@ -48,7 +48,10 @@ training 3000 steps ~16-18 min wall per model (motif, rna), then decoding ~10-20
 ``steps`` and ~12 min for ``steps_low`` (744 s at load ~2-5). ``--quick`` is a smoke run (tiny sizes, not
 quoted). ``--cache DIR`` keeps the trained base models (and their training checkpoints) for reruns.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/sequence_design.py [--parts motif,rna,steps,steps_low,hidden] [--quick]
+Part ``values`` (optional, ``--parts values``, the cached motif model): SVDD-PM's value draws per candidate,
+``value_samples`` S = 0 (argmax), 4, 16, 64, 256 at (M, K) = (8, 64) and (22, 16); three seeds.
+
+Run:  OMP_NUM_THREADS=1 python benchmarks/sequence_design.py [--parts motif,rna,steps,steps_low,hidden,values] [--quick]
       [--cache DIR]
 Writes benchmarks/results/sequence_design.json and .png when ``motif`` is among the parts, else
 benchmarks/results/sequence_design_<parts>.json (and .png).
@@ -440,6 +443,43 @@ def steps_low_part(args, q, out):
                         "seconds": time.perf_counter() - t0}
 
 
+def values_part(args, q, out):
+    """How many value draws: SVDD-PM with ``value_samples`` S in 0 (argmax), 4, 16, 64, 256 at (M, K) = (8, 64)
+    and (22, 16) (model costs ~300-330 per design), the cached motif model, 64 designs, three seeds; mean reward,
+    model and reward evaluations per design, wall seconds."""
+    t0 = time.perf_counter()
+    L, data, reward, model, proc, cfg, num = _motif_setup(args, q)
+    configs = ((4, 8),) if q else ((8, 64), (22, 16))
+    Ss = (0, 4, 16) if q else (0, 4, 16, 64, 256)
+    rows = []
+    for seed in ((0,) if q else (0, 1, 2)):
+        for M, K in configs:
+            for S in Ss:
+                t = time.perf_counter()
+                g = torch.Generator().manual_seed(20000 + 1000 * seed + M)  # same draws for every S up to the values
+                sv = sample_svdd(model, proc, reward, (num, L), K, num_candidates=M, value_samples=S, generator=g)
+                rows.append({"M": M, "K": K, "S": S, "seed": seed, **sv.summary(),
+                             "seconds": time.perf_counter() - t})
+                r = rows[-1]
+                print(f"[values] seed {seed} M={M} K={K} S={S}: reward {r['mean_reward']:.3f} @ "
+                      f"{r['model_evals_per_design']:.1f} model / {r['reward_evals_per_design']:.0f} reward evals "
+                      f"({r['seconds']:.0f} s)", flush=True)
+    agg = []
+    for M, K in configs:
+        for S in Ss:
+            rs = [r for r in rows if (r["M"], r["K"], r["S"]) == (M, K, S)]
+            v = torch.tensor([r["mean_reward"] for r in rs], dtype=torch.float64)
+            a = {"M": M, "K": K, "S": S, "seeds": len(rs), "mean_reward": float(v.mean()),
+                 "mean_reward_sd": float(v.std()) if len(rs) > 1 else 0.0}
+            for f in ("model_evals_per_design", "reward_evals_per_design", "seconds"):
+                a[f] = sum(r[f] for r in rs) / len(rs)
+            agg.append(a)
+            print(f"[values] M={M} K={K} S={S}: {a['mean_reward']:.3f}({a['mean_reward_sd']:.3f}) @ "
+                  f"{a['model_evals_per_design']:.1f} model / {a['reward_evals_per_design']:.0f} reward evals, "
+                  f"{a['seconds']:.0f} s per run")
+    out["values"] = {"rows": rows, "aggregate": agg, "config": cfg, "seconds": time.perf_counter() - t0}
+
+
 COLORS = {"svdd-pm": "C0", "svdd-pm-argmax": "C5", "svdd-mc": "C1", "best-of-n": "C2", "smc": "C3", "base": "C4"}  # same in every panel
 
 
@@ -485,8 +525,9 @@ def main():
     q = args.quick
     t_all = time.perf_counter()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if not parts or set(parts) - {"motif", "hidden", "rna", "steps", "steps_low"}:
-        raise SystemExit(f"--parts: a comma-separated subset of motif,hidden,rna,steps,steps_low, got {args.parts!r}")
+    if not parts or set(parts) - {"motif", "hidden", "rna", "steps", "steps_low", "values"}:
+        raise SystemExit(f"--parts: a comma-separated subset of motif,hidden,rna,steps,steps_low,values, "
+                         f"got {args.parts!r}")
     out = {"config": {"quick": q, "parts": parts, "python": platform.python_version(), "torch": torch.__version__}}
     aggs = {}
     steps = 16 if q else 64
@@ -545,6 +586,9 @@ def main():
         write(out, aggs, q, args.tag)
     if "steps_low" in parts:
         steps_low_part(args, q, out)
+        write(out, aggs, q, args.tag)
+    if "values" in parts:
+        values_part(args, q, out)
         write(out, aggs, q, args.tag)
     if "rna" in parts:
         t0 = time.perf_counter()
