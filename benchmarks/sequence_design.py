@@ -9,7 +9,8 @@ that of its own samples, and the motif rate of its samples beside the data's.
 Reward: windows within Hamming distance 1 of the motif (forward strand). Decoders on a 64-step
 uniform grid, 64 designs each, at matched model cost (sequences evaluated by the model per design,
 measured, not assumed):
-  * SVDD-PM, argmax selection (alpha = 0), M = 2, 4, 8, 16 candidates;
+  * SVDD-PM, argmax selection (alpha = 0), M = 2, 4, 8, 16 candidates, with its default value (``--value-samples``
+    64 draws of the denoised prediction per candidate) and, same seed, the argmax value (``svdd-pm-argmax``);
   * best-of-N with N chosen so its measured model evaluations match SVDD-PM's at each M;
   * SMC reward tilting (feynman_kac masked FKC + core SMC, lambda = 2, ESS < N/2 resampling),
     N particles matched the same way (it evaluates every particle at every step: ~64 N per design);
