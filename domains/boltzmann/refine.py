@@ -56,7 +56,7 @@ from sciffusion import smc
 
 from .bias import log_importance_weights
 from .sampler import energy_and_forces
-from .wtasbs import BiasPotential
+from .wtasbs import BiasPotential, _valid_mask
 
 __all__ = ["RefineResult", "mala", "resample_move"]
 
@@ -119,15 +119,6 @@ def _evaluate(energy, potential, x):
     return u, v, f - g
 
 
-def _valid(valid, x):
-    if valid is None:
-        return torch.ones(x.shape[0], dtype=torch.bool)
-    m = torch.as_tensor(valid(x)).reshape(-1).bool()
-    if m.shape[0] != x.shape[0]:
-        raise ValueError(f"valid must return ({x.shape[0]},) booleans, got {tuple(m.shape)}")
-    return m
-
-
 def mala(energy: Any, x: torch.Tensor, *, num_steps: int, generator: torch.Generator, bias: Any = None,
          cvs: Callable | None = None, step_size: float | None = None, adapt_fraction: float = 0.25,
          valid: Callable | None = None, progress: bool = False) -> RefineResult:
@@ -166,7 +157,7 @@ def mala(energy: Any, x: torch.Tensor, *, num_steps: int, generator: torch.Gener
             raise ValueError("bias was built from a dimension, not a CV set: pass cvs (x -> (N, k))")
         potential = BiasPotential(cvs, bias)
     n = x.shape[0]
-    ok = _valid(valid, x)
+    ok = _valid_mask(valid, x)
     if not ok.all():
         raise ValueError(f"x: particle {int((~ok).nonzero()[0])} is outside valid (the target's support)")
     u, v, f = _evaluate(energy, potential, x)
@@ -182,7 +173,7 @@ def mala(energy: Any, x: torch.Tensor, *, num_steps: int, generator: torch.Gener
     for k in tqdm(range(num_steps), desc="MALA", disable=not progress):
         noise = torch.randn(x.shape, generator=generator, dtype=torch.float64)
         y = x + h * f + math.sqrt(2 * h) * noise
-        ok = _valid(valid, y)
+        ok = _valid_mask(valid, y)
         accept = torch.zeros(n, dtype=torch.bool)
         if ok.any():
             uy, vy, fy = _evaluate(energy, potential, y[ok])
