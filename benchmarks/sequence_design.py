@@ -481,7 +481,8 @@ def values_part(args, q, out):
     out["values"] = {"rows": rows, "aggregate": agg, "config": cfg, "seconds": time.perf_counter() - t0}
 
 
-COLORS = {"svdd-pm": "C0", "svdd-pm-argmax": "C5", "svdd-mc": "C1", "best-of-n": "C2", "smc": "C3", "base": "C4"}  # same in every panel
+# same in every panel
+COLORS = {"svdd-pm": "C0", "svdd-pm-argmax": "C5", "svdd-mc": "C1", "best-of-n": "C2", "smc": "C3", "base": "C4"}
 
 
 def figure(parts, path):

@@ -26,7 +26,8 @@ Example::
 from .alphabet import DNA, RNA, Alphabet, decode, encode, get_alphabet, one_hot, read_fasta, reverse_complement, \
     write_fasta
 from .decoding import (METHODS, VALUE_SAMPLES, DesignResult, ValueNetwork, denoised, design, fit_value_network,
-                       posterior_value, sample_base, sample_best_of_n, sample_smc, sample_svdd, sample_svdd_first_hitting, select_candidates)
+                       posterior_value, sample_base, sample_best_of_n, sample_smc, sample_svdd,
+                       sample_svdd_first_hitting, select_candidates)
 from .metrics import kmer_correlation, kmer_spectrum, motif_occurrence_correlation, pairwise_hamming
 from .model import elbo, load_base_model, save_base_model, train_base_model
 from .rewards import (CNNOracle, Constrained, FunctionReward, GCContent, HammingMotifCount, PWMScore, Reward,

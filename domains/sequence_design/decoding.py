@@ -235,7 +235,8 @@ def _probs(model, x, temperature, top_p):
 @torch.no_grad()
 def sample_svdd(model, process: MaskedProcess, reward, shape=None, num_steps: int = 64, *,
                 num_candidates: int = 8, alpha: float = 0.0, value: str | Callable = "pm",
-                value_samples: int = VALUE_SAMPLES, generator: torch.Generator | None = None, x: torch.Tensor | None = None,
+                value_samples: int = VALUE_SAMPLES, generator: torch.Generator | None = None,
+                x: torch.Tensor | None = None,
                 temperature: float = 1.0, top_p: float = 1.0, progress: bool = False) -> DesignResult:
     r"""Soft value-based decoding (SVDD, Li et al. 2024, Alg. 1); see the module docstring.
 
@@ -318,7 +319,8 @@ def sample_svdd(model, process: MaskedProcess, reward, shape=None, num_steps: in
 
 @torch.no_grad()
 def sample_svdd_first_hitting(model, process: MaskedProcess, reward, shape=None, *, num_candidates: int = 8,
-                              alpha: float = 0.0, value_samples: int = VALUE_SAMPLES, generator: torch.Generator | None = None,
+                              alpha: float = 0.0, value_samples: int = VALUE_SAMPLES,
+                              generator: torch.Generator | None = None,
                               x: torch.Tensor | None = None, temperature: float = 1.0, top_p: float = 1.0,
                               progress: bool = False) -> DesignResult:
     r"""SVDD-PM on the first-hitting schedule: one site unmasked per step (Zheng et al. 2024, Alg. 1).
@@ -326,9 +328,9 @@ def sample_svdd_first_hitting(model, process: MaskedProcess, reward, shape=None,
     Each step draws ``M`` candidates per design with
     :func:`~sciffusion.domains.discrete.first_hitting_step` (a uniformly chosen masked site set to
     :math:`x^i \sim p(x_0^i \mid x_t)`), scores each by :func:`posterior_value` (``value_samples``
-    as in :func:`sample_svdd`; the reward itself once a candidate is fully unmasked) and keeps one by :func:`select_candidates`. ``L`` steps for an
-    all-mask start; ``M`` model evaluations per design and step, except at the last. With
-    ``num_candidates=1`` this is :func:`~sciffusion.domains.discrete.sample_first_hitting` draw for draw.
+    as in :func:`sample_svdd`; the reward itself once a candidate is fully unmasked) and keeps one
+    by :func:`select_candidates`. ``L`` steps for an all-mask start; ``M`` model evaluations per
+    design and step, except at the last. With ``num_candidates=1`` this is :func:`~sciffusion.domains.discrete.sample_first_hitting` draw for draw.
     """
     from sciffusion.domains.discrete import first_hitting_step
 

@@ -263,4 +263,5 @@ def test_posterior_value_is_the_expected_reward_under_the_prediction(setup):
     se = (p0 * (1 - p0)).sum(1).div(S).sqrt()
     assert v[1] == count_zeros(x[1:2])[0]  # complete: the reward itself
     assert ((v - exact).abs() <= 5 * se + 1e-12).all()
-    assert torch.equal(posterior_value(count_zeros, x, p, pr.mask_id, 0), count_zeros(torch.where(masked, p.argmax(-1), x)))
+    argmax = torch.where(masked, p.argmax(-1), x)
+    assert torch.equal(posterior_value(count_zeros, x, p, pr.mask_id, 0), count_zeros(argmax))
