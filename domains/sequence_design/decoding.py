@@ -330,7 +330,8 @@ def sample_svdd_first_hitting(model, process: MaskedProcess, reward, shape=None,
     :math:`x^i \sim p(x_0^i \mid x_t)`), scores each by :func:`posterior_value` (``value_samples``
     as in :func:`sample_svdd`; the reward itself once a candidate is fully unmasked) and keeps one
     by :func:`select_candidates`. ``L`` steps for an all-mask start; ``M`` model evaluations per
-    design and step, except at the last. With ``num_candidates=1`` this is :func:`~sciffusion.domains.discrete.sample_first_hitting` draw for draw.
+    design and step, except at the last. With ``num_candidates=1`` this is
+    :func:`~sciffusion.domains.discrete.sample_first_hitting` draw for draw.
     """
     from sciffusion.domains.discrete import first_hitting_step
 
