@@ -282,6 +282,10 @@ def alanine_internal(args):
                           0, periodic=[True, True], extra=extra)
             rows.append(row)
             print("alanine internal", row, flush=True)
+        if args.save_samples:  # the run's samples, for a later stage (e.g. --part alanine-basins)
+            torch.save({"z": res.x, "cv": res.cv, "u_cartesian": u_cart, "x_min": x_min, "run": label,
+                        "path_log_weights": res.path_log_weights, "energy_calls": res.energy_evaluations},
+                       f"{args.save_samples}_{label}.pt")
         if args.refine_steps:
             rows += _refine_rows(args, label, res, ice, cvs, None if label == "unbiased" else bias, valid, extra)
         out.setdefault("history", {})[label] = [h for h in sampler.history[:: max(1, len(sampler.history) // 40)]]
@@ -340,9 +344,130 @@ def _refine_rows(args, label, res, ice, cvs, bias, valid, extra):
     return rows
 
 
+def alanine_basins(args):
+    """Free energies from the basins a sampler found: its samples (``--basins-samples``, written by
+    ``--part alanine-internal --save-samples``) are minimised, one start per occupied 30-degree
+    (phi, psi) bin; each distinct minimum gets a cell (the nearest minimum of its own basin in
+    (phi, psi)) and a chart whitened at it, and the cell's Boltzmann mass comes from annealed
+    importance sampling from that chart's Laplace approximation
+    (:func:`~sciffusion.domains.boltzmann.anneal.annealed_importance_sampling`, exact in expectation).
+    The cells are also restricted to one rotamer of each methyl (and to trans amides, as the
+    metadynamics reference never leaves them): the three methyl rotamers are equivalent by the
+    permutation of their hydrogens, a factor common to every cell that cancels in Delta F."""
+    from sciffusion.domains.boltzmann.anneal import (annealed_importance_sampling, basin_delta_f, distinct_minima,
+                                                     nearest_centre_cells)
+    from sciffusion.domains.boltzmann.cvs import phi_psi_alanine
+    from sciffusion.domains.boltzmann.energies import alanine_dipeptide
+    from sciffusion.domains.boltzmann.internal import InternalCoordinateEnergy, ZMatrix
+    from sciffusion.domains.boltzmann.sampler import ChiralityRestraint
+
+    data = torch.load(args.basins_samples)
+    energy, top, pos = alanine_dipeptide("vacuum", platform_properties={"Threads": "1"})
+    zm = ZMatrix.from_topology(top)
+    pp = phi_psi_alanine()
+    x_min0 = data["x_min"]
+    # the sampler's chart, rebuilt exactly as the sampler built it (one OpenMM thread: deterministic);
+    # its set-up calls were counted in the sampler's energy calls and are not counted again here
+    soft = {zm.torsion_index(4, 6, 8, 14): 1.0, zm.torsion_index(6, 8, 14, 16): 1.0}
+    ice0 = InternalCoordinateEnergy(energy, zm, x_min0, whiten=True, scale_overrides=soft)
+    xs = ice0.to_cartesian(data["z"])
+    with torch.no_grad():
+        u_check = energy(xs)
+    if not torch.allclose(u_check, data["u_cartesian"], atol=1e-6):
+        raise RuntimeError("the rebuilt chart does not reproduce the saved samples' energies")
+    energy.num_calls = 0
+    t0 = time.perf_counter()
+    chir = ChiralityRestraint.from_reference(energy, (8, 6, 14, 10), x_min0)
+    omegas = [zm.torsion_index(1, 4, 6, 8), zm.torsion_index(18, 16, 14, 8)]
+    rotors = [zm.torsion_index(11, 10, 8, 6), zm.torsion_index(0, 1, 4, 6), zm.torsion_index(19, 18, 16, 14)]
+    st = zm.slices()[2]
+
+    def wrap(a):
+        return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
+
+    def keep(x):  # trans amides, the native handedness
+        q = zm.to_internal(x)
+        return chir.mask(x) & (wrap(q[:, omegas]).abs() > math.pi / 2).all(1)
+
+    def in_b(cv):
+        return ((cv[:, 0] > 0) & (cv[:, 0] < 2)).long()
+
+    mins = distinct_minima(lambda x: InternalCoordinateEnergy.minimise(energy, zm, x), energy, pp, xs, bins=12,
+                           tol=0.3, keep=keep)
+    minimise_calls = energy.num_calls
+    labels = in_b(mins["cv"])
+    out = {"settings": {"samples": args.basins_samples, "sampler_run": data["run"], "particles": args.basins_particles,
+                        "temperatures": args.basins_temperatures, "mala_steps": 1, "seeds": args.basins_seeds,
+                        "minimisation_starts": mins["starts"], "minimisation_calls": minimise_calls},
+           "minima": [{"phi": round(float(c[0]), 3), "psi": round(float(c[1]), 3), "u": round(float(u), 3),
+                       "basin": "B" if int(b) else "A"} for c, u, b in zip(mins["cv"], mins["energies"], labels)]}
+    print("minima", out["minima"], flush=True)
+    if labels.unique().numel() < 2:  # the estimate does not exist: say so in the results
+        out["note"] = (f"every minimum reached from the samples lies in basin {'B' if int(labels[0]) else 'A'}: "
+                       "Delta F(A->B) needs a cell in each basin")
+        print(out["note"], flush=True)
+        return out
+    charts, laplace = [], []
+    for k in range(mins["x"].shape[0]):
+        ice = InternalCoordinateEnergy(energy, zm, mins["x"][k], whiten=True, torsion_prior_std=None)
+        charts.append(ice)
+        laplace.append(-float(ice(torch.zeros(1, zm.n_dof))[0]) + 0.5 * zm.n_dof * math.log(2 * math.pi)
+                       + ice.log_abs_det_transform)
+    setup_calls = energy.num_calls - minimise_calls
+
+    def valid_for(k):
+        ice = charts[k]
+
+        def valid(z):
+            q = ice.to_internal_q(z)
+            dq = q[:, st] - ice.q0[st]  # one branch of every torsion: each configuration counted once
+            ok = ice.in_domain(z) & (dq.abs() < math.pi).all(1)
+            ok &= ((q[:, rotors] - ice.q0[rotors]).abs() < math.pi / 3).all(1)
+            ok &= ((q[:, omegas] - ice.q0[omegas]).abs() < math.pi / 2).all(1)
+            x = ice.to_cartesian(z)
+            cv = pp(x)
+            return ok & chir.mask(x) & (nearest_centre_cells(cv, mins["cv"], labels.tolist(), in_b(cv)) == k)
+        return valid
+
+    lap_a = torch.logsumexp(torch.tensor([l for l, b in zip(laplace, labels) if not b]), 0)
+    lap_b = torch.logsumexp(torch.tensor([l for l, b in zip(laplace, labels) if b]), 0)
+    out["laplace_delta_f"] = round(float(lap_a - lap_b), 3)
+    rows = []
+    for seed in range(args.basins_seeds):
+        calls0, t1 = energy.num_calls, time.perf_counter()
+        runs = []
+        for k, ice in enumerate(charts):
+            r = annealed_importance_sampling(ice, args.basins_particles, generator=torch.Generator().manual_seed(
+                1000 * seed + k), num_temperatures=args.basins_temperatures, valid=valid_for(k),
+                log_offset=ice.log_abs_det_transform)
+            runs.append(r)
+        d = basin_delta_f([r for r, b in zip(runs, labels) if not b], [r for r, b in zip(runs, labels) if b],
+                          generator=torch.Generator().manual_seed(seed))
+        ais_calls = energy.num_calls - calls0
+        total = data["energy_calls"] + minimise_calls + setup_calls + ais_calls
+        row = {"seed": seed, "delta_f": round(d["delta_f"], 3), "stderr": round(d["stderr"], 3),
+               "p_b": round(d["p_b"], 5), "ais_energy_calls": ais_calls, "total_energy_calls": total,
+               "calls_over_metadynamics": round(total / 2_000_000, 3),
+               "ais_wall_s": round(time.perf_counter() - t1, 1),
+               "cells": [{"log_z": round(r.log_normalizer, 3), "stderr": round(r.stderr, 3), "ess": round(r.ess, 1),
+                          "inside": round(r.inside, 3), "laplace_log_z": round(lz, 3),
+                          "acceptance": round(float(r.acceptance[:-1].mean()), 3)} for r, lz in zip(runs, laplace)]}
+        rows.append(row)
+        print("alanine basins", row, flush=True)
+    dfs = torch.tensor([r["delta_f"] for r in rows])
+    out["summary"] = {"mean_delta_f": round(float(dfs.mean()), 3),
+                      "std_over_seeds": round(float(dfs.std()), 3) if len(rows) > 1 else None,
+                      "sampler_energy_calls": data["energy_calls"], "minimise_calls": minimise_calls,
+                      "chart_setup_calls": setup_calls, "wall_s_after_sampler": round(time.perf_counter() - t0, 1)}
+    out["runs"] = rows
+    print("alanine basins summary", out["summary"], "laplace", out["laplace_delta_f"], flush=True)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("analytic", "alanine-metad", "alanine-sampler", "alanine-internal"),
+    p.add_argument("--part", choices=("analytic", "alanine-metad", "alanine-sampler", "alanine-internal",
+                                      "alanine-basins"),
                    default="analytic")
     p.add_argument("--internal-runs", default="unbiased,well-tempered", help="alanine-internal: runs, comma-separated")
     p.add_argument("--internal-rounds", type=int, default=10)
@@ -358,6 +483,11 @@ def main(argv=None):
                    help="scale (rad) of the phi/psi coordinates instead of the Hessian's (0: Hessian)")
     p.add_argument("--refine-steps", default="", help="alanine-internal: resample-move refinement of each run's "
                    "samples, cumulative MALA step counts reported, comma-separated (e.g. 100,400; empty: none)")
+    p.add_argument("--save-samples", default="", help="alanine-internal: save each run's samples to PREFIX_<run>.pt")
+    p.add_argument("--basins-samples", default="", help="alanine-basins: a sampler's saved samples (.pt)")
+    p.add_argument("--basins-particles", type=int, default=500)
+    p.add_argument("--basins-temperatures", type=int, default=200)
+    p.add_argument("--basins-seeds", type=int, default=3)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--metad-steps", type=int, default=1_500_000, help="2 fs steps (1.5e6 = 3 ns)")
     p.add_argument("--alanine-iterations", type=int, default=400)
@@ -374,6 +504,8 @@ def main(argv=None):
         result = {"double_well": double_well(seeds), "mueller_brown": mueller_brown(seeds)}
     elif args.part == "alanine-metad":
         result = {"alanine_vacuum": alanine_metad(args)}
+    elif args.part == "alanine-basins":
+        result = {"alanine_vacuum": alanine_basins(args)}
     elif args.part == "alanine-internal":
         result = {"alanine_vacuum": alanine_internal(args)}
     else:

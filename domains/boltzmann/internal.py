@@ -323,7 +323,9 @@ class InternalCoordinateEnergy(Energy):
         reference: ``(N, 3)`` a (minimised) structure: :math:`q_0`; see :meth:`minimise`.
         scales: ``(3N-6,)`` standardization :math:`s` (default :meth:`hessian_scales` at ``reference``).
         max_scale: caps of :math:`s` for (bonds, angles, torsions) in (nm or the energy's length unit, rad, rad).
-        torsion_prior_std: :math:`\sigma_c` (rad) of the confining factor on the unwrapped torsions.
+        torsion_prior_std: :math:`\sigma_c` (rad) of the confining factor on the unwrapped torsions;
+            ``None`` for none (:math:`\tilde U = U - \log|J|`, normalisable only on a bounded region
+            of the torsions, e.g. a basin cell of :func:`~.anneal.annealed_importance_sampling`).
         fd_step: finite-difference steps for (bonds, angles, torsions) in the Hessian diagonal.
         whiten: use the full Hessian (module docstring; ``2 (3N-6)`` more energy+force calls).
         scale_overrides: ``{coordinate index: scale}`` replacing the Hessian's diagonal scale, e.g.
@@ -354,8 +356,8 @@ class InternalCoordinateEnergy(Energy):
         if tuple(getattr(energy, "event_shape", ())) != (zmatrix.n_atoms, 3):
             raise ValueError(f"energy.event_shape {tuple(getattr(energy, 'event_shape', ()))} does not match the "
                              f"Z-matrix's ({zmatrix.n_atoms}, 3)")
-        if not torsion_prior_std > 0:
-            raise ValueError(f"torsion_prior_std must be > 0 (rad), got {torsion_prior_std}")
+        if torsion_prior_std is not None and not torsion_prior_std > 0:
+            raise ValueError(f"torsion_prior_std must be > 0 (rad) or None, got {torsion_prior_std}")
         if len(max_scale) != 3 or not all(m > 0 for m in max_scale):
             raise ValueError(f"max_scale must be three positive numbers (bonds, angles, torsions), got {max_scale!r}")
         self.cartesian_energy = energy
@@ -368,7 +370,7 @@ class InternalCoordinateEnergy(Energy):
             raise ValueError(f"reference must be a finite ({zmatrix.n_atoms}, 3) structure, got {tuple(ref.shape)}")
         self.q0 = zmatrix.to_internal(ref[None])[0]
         calls_before = getattr(energy, "num_calls", 0)
-        self.torsion_prior_std = float(torsion_prior_std)
+        self.torsion_prior_std = None if torsion_prior_std is None else float(torsion_prior_std)
         self.max_scale = tuple(float(m) for m in max_scale)
         if scales is None:
             scales = self.hessian_scales(energy, zmatrix, self.q0, max_scale=self.max_scale, fd_step=fd_step)
@@ -456,6 +458,12 @@ class InternalCoordinateEnergy(Energy):
         """:math:`q = q_0 + M z` ``(B, 3N-6)`` (torsions unwrapped)."""
         return self.q0.to(z.dtype) + z @ self.transform.to(z.dtype).T
 
+    @property
+    def log_abs_det_transform(self) -> float:
+        r""":math:`\log|\det M|`: :math:`dq = |\det M|\,dz`, so normalising constants of :math:`e^{-\tilde U}`
+        from charts with different :math:`q_0, M` compare after adding it."""
+        return float(torch.linalg.slogdet(self.transform)[1])
+
     def from_cartesian(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`z` of Cartesian positions (torsions wrapped to the branch nearest :math:`\\varphi_0`)."""
         q = self.zmatrix.to_internal(torch.as_tensor(x, dtype=torch.float64))
@@ -478,6 +486,9 @@ class InternalCoordinateEnergy(Energy):
         torus of torsions (module docstring), with :math:`W(\varphi) = \sum_k c(\varphi + 2\pi k)`
         summed over :math:`|k| \le K`, :math:`K = \lceil 8\sigma_c/2\pi\rceil + 1` (the next term is below
         :math:`e^{-32}` of the largest)."""
+        if self.torsion_prior_std is None:
+            raise ValueError("log_wrap_weight: this energy has no torsion confinement (torsion_prior_std=None), "
+                             "so there is no periodisation to divide out")
         q = self.to_internal_q(z.to(torch.float64))
         st = self.zmatrix.slices()[2]
         d = torch.remainder(q[:, st] - self.q0[st] + math.pi, 2 * math.pi) - math.pi
@@ -496,8 +507,10 @@ class InternalCoordinateEnergy(Energy):
         q = self.to_internal_q(z)
         st = self.zmatrix.slices()[2]
         u = self.cartesian_energy(self.zmatrix.to_cartesian(q))
-        prior = ((q[:, st] - self.q0[st]) ** 2).sum(1) / (2 * self.torsion_prior_std ** 2)
-        return u - self.zmatrix.log_det_jacobian(q) + prior
+        u = u - self.zmatrix.log_det_jacobian(q)
+        if self.torsion_prior_std is None:
+            return u
+        return u + ((q[:, st] - self.q0[st]) ** 2).sum(1) / (2 * self.torsion_prior_std ** 2)
 
     def _reduced_energy_and_forces(self, z: torch.Tensor):
         with torch.enable_grad():

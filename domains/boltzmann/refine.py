@@ -58,7 +58,7 @@ from .bias import log_importance_weights
 from .sampler import energy_and_forces
 from .wtasbs import BiasPotential, _valid_mask
 
-__all__ = ["RefineResult", "mala", "resample_move"]
+__all__ = ["RefineResult", "mala", "mala_step", "resample_move"]
 
 TARGET_ACCEPTANCE = 0.574
 
@@ -112,6 +112,45 @@ def _evaluate(energy, potential, x):
     return u, v, f + fv
 
 
+def mala_step(x: torch.Tensor, state: dict, h: float, evaluate: Callable, generator: torch.Generator,
+              valid: Callable | None = None) -> tuple[torch.Tensor, int]:
+    r"""One MALA step of every particle on :math:`e^{-\Pi}` (module docstring), in place.
+
+    Args:
+        x: ``(N, *event_shape)`` particles, replaced where the proposal is accepted.
+        state: per-particle tensors of ``x``: ``"pot"`` :math:`\Pi` ``(N,)``, ``"force"``
+            :math:`-\nabla\Pi` (x's shape) and any others the caller keeps (e.g. the energy
+            without the bias); accepted particles' entries are replaced in place.
+        h: the step size.
+        evaluate: ``y -> dict`` with the same keys as ``state`` for a batch of proposals.
+        generator: all randomness.
+        valid: optional ``x -> (N,) bool`` support (a proposal outside it is rejected uncomputed).
+
+    Returns:
+        ``(accepted, calls)``: ``(N,)`` booleans and the number of proposals evaluated.
+    """
+    n = x.shape[0]
+    f = state["force"]
+    y = x + h * f + math.sqrt(2 * h) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    ok = _valid_mask(valid, y)
+    accept = torch.zeros(n, dtype=torch.bool)
+    m = int(ok.sum())
+    if m == 0:
+        return accept, 0
+    new = evaluate(y[ok])
+    xo, fo, fy = x[ok], f[ok], new["force"]
+    log_q_fwd = -(y[ok] - xo - h * fo).reshape(m, -1).pow(2).sum(1) / (4 * h)
+    log_q_rev = -(xo - y[ok] - h * fy).reshape(m, -1).pow(2).sum(1) / (4 * h)
+    log_alpha = state["pot"][ok] - new["pot"] + log_q_rev - log_q_fwd
+    a = torch.log(torch.rand(m, generator=generator, dtype=torch.float64)) < log_alpha
+    idx = ok.nonzero()[:, 0][a]
+    accept[idx] = True
+    x[idx] = y[idx]
+    for key, val in new.items():
+        state[key][idx] = val[a]
+    return accept, m
+
+
 def mala(energy: Any, x: torch.Tensor, *, num_steps: int, generator: torch.Generator, bias: Any = None,
          cvs: Callable | None = None, step_size: float | None = None, adapt_fraction: float = 0.25,
          valid: Callable | None = None, progress: bool = False) -> RefineResult:
@@ -162,27 +201,20 @@ def mala(energy: Any, x: torch.Tensor, *, num_steps: int, generator: torch.Gener
         h = float(d ** (2.0 / 3.0) / (f.flatten(1).pow(2).sum(1).mean() + 1e-12))
     else:
         h = float(step_size)
+    state = {"pot": u + v, "force": f, "u": u, "v": v}
+
+    def evaluate(y):
+        uy, vy, fy = _evaluate(energy, potential, y)
+        return {"pot": uy + vy, "force": fy, "u": uy, "v": vy}
+
     acc = torch.zeros(num_steps, dtype=torch.float64)
     for k in tqdm(range(num_steps), desc="MALA", disable=not progress):
-        noise = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-        y = x + h * f + math.sqrt(2 * h) * noise
-        ok = _valid_mask(valid, y)
-        accept = torch.zeros(n, dtype=torch.bool)
-        if ok.any():
-            uy, vy, fy = _evaluate(energy, potential, y[ok])
-            calls += int(ok.sum())
-            xo, fo = x[ok], f[ok]
-            log_q_fwd = -(y[ok] - xo - h * fo).reshape(int(ok.sum()), -1).pow(2).sum(1) / (4 * h)
-            log_q_rev = -(xo - y[ok] - h * fy).reshape(int(ok.sum()), -1).pow(2).sum(1) / (4 * h)
-            log_alpha = (u[ok] + v[ok]) - (uy + vy) + log_q_rev - log_q_fwd
-            log_u = torch.log(torch.rand(int(ok.sum()), generator=generator, dtype=torch.float64))
-            a = log_u < log_alpha
-            idx = ok.nonzero()[:, 0][a]
-            accept[idx] = True
-            x[idx], f[idx], u[idx], v[idx] = y[idx], fy[a], uy[a], vy[a]
+        accept, c = mala_step(x, state, h, evaluate, generator, valid)
+        calls += c
         acc[k] = accept.double().mean()
         if k < n_adapt:
             h *= math.exp(float(acc[k]) - TARGET_ACCEPTANCE)
+    u, v = state["u"], state["v"]
     log_w = log_importance_weights(v, 1.0) if potential is not None else torch.zeros(n, dtype=torch.float64)
     return RefineResult(x=x, log_weights=log_w, energies=u, bias_values=v, acceptance=acc,
                         acceptance_rate=float(acc[n_adapt:].mean()), step_size=h, energy_calls=calls,
