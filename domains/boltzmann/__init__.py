@@ -18,7 +18,10 @@ where they are needed).
   :class:`InternalCoordinateEnergy` (the Boltzmann density over standardized bonds, angles and
   periodic torsions, for the sampler);
 * refinement: :func:`resample_move` (systematic resampling of weighted samples, then MALA moves
-  on the frozen biased or unbiased target, :func:`mala`).
+  on the frozen biased or unbiased target, :func:`mala`);
+* basin free energies: :func:`distinct_minima` (minima reached from a sampler's samples),
+  :func:`nearest_centre_cells` and :func:`annealed_importance_sampling` of each cell from its
+  Laplace approximation, combined by :func:`basin_delta_f`.
 """
 
 from .cvs import CV, Coordination, CVSet, Dihedral, Distance, dihedral_angle, phi_psi_alanine
@@ -31,6 +34,7 @@ from .internal import InternalCoordinateEnergy, InternalCV, ZMatrix
 from .sampler import AdjointSampler, ChiralityRestraint, ReplayBuffer, SampleResult, energy_and_forces
 from .reference import ReferenceRun, run_md, run_metadynamics
 from .refine import RefineResult, mala, resample_move
+from .anneal import AISResult, annealed_importance_sampling, basin_delta_f, distinct_minima, nearest_centre_cells
 from .wtasbs import BiasPotential, WTResult, run_wtasbs, sample_unbiased
 
 __all__ = ["CV", "Coordination", "CVSet", "Dihedral", "Distance", "dihedral_angle", "phi_psi_alanine", "Basin",
@@ -39,4 +43,5 @@ __all__ = ["CV", "Coordination", "CVSet", "Dihedral", "Distance", "dihedral_angl
            "LennardJones", "OpenMMEnergy", "alanine_dipeptide", "WellTemperedBias", "log_importance_weights",
            "effective_sample_size", "AdjointSampler", "ChiralityRestraint", "ReplayBuffer", "SampleResult",
            "energy_and_forces", "IDEMSampler", "dem_score", "BiasPotential", "WTResult", "run_wtasbs", "sample_unbiased",
-           "ZMatrix", "InternalCoordinateEnergy", "InternalCV", "RefineResult", "mala", "resample_move"]
+           "ZMatrix", "InternalCoordinateEnergy", "InternalCV", "RefineResult", "mala", "resample_move",
+           "AISResult", "annealed_importance_sampling", "basin_delta_f", "distinct_minima", "nearest_centre_cells"]

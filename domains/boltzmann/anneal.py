@@ -362,6 +362,8 @@ def nearest_centre_cells(cv: torch.Tensor, centres: torch.Tensor, centre_basin: 
     cv, centres = torch.as_tensor(cv, dtype=torch.float64), torch.as_tensor(centres, dtype=torch.float64)
     periodic = [True] * cv.shape[1] if periodic is None else list(periodic)
     lab = torch.as_tensor(list(centre_basin))
+    if lab.shape != (centres.shape[0],):
+        raise ValueError(f"centre_basin must give one basin label per centre ({centres.shape[0]}), got {tuple(lab.shape)}")
     d = _torus_distance(cv, centres, periodic)
     d = torch.where(lab[None, :] == torch.as_tensor(basin).reshape(-1, 1), d, torch.full_like(d, math.inf))
     best = d.argmin(1)
