@@ -18,7 +18,12 @@ Parts (``--part``):
   term in the weights), ``--internal-runs unbiased,well-tempered``; same CPU budget unit.
   ``--refine-steps 50,200`` adds resample-move rows (:func:`~sciffusion.domains.boltzmann.refine.resample_move`:
   resampling by the path weights, then MALA on the frozen biased target, or on the unbiased one
-  without a bias), one row per cumulative step count, energy calls including the refinement.
+  without a bias), one row per cumulative step count, energy calls including the refinement;
+  ``--save-samples PREFIX`` writes each run's samples for the next part.
+* ``alanine-basins``: Delta F from the basins a saved run's samples reach (``--basins-samples``):
+  distinct minima, one cell per minimum, each cell's mass by annealed importance sampling from its
+  Laplace approximation (:func:`~sciffusion.domains.boltzmann.anneal.annealed_importance_sampling`),
+  ``--basins-seeds`` independent repeats.
 
 Run (shared 2-core CPU; background):
     OMP_NUM_THREADS=1 nohup python benchmarks/boltzmann.py --part analytic > bench_boltzmann_analytic.log &
