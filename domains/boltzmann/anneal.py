@@ -70,7 +70,8 @@ class AISResult:
         energies: ``(N,)`` :math:`u` at the final particles (``nan`` outside the cell).
         betas: ``(T + 1,)`` the schedule.
         step_sizes: ``(T,)`` the MALA step of each temperature (from the pilot).
-        acceptance: ``(T,)`` the main run's acceptance at each temperature.
+        acceptance: ``(T,)`` the main run's acceptance at each temperature (0 at the last: no moves
+            after the last reweighting).
         inside: fraction of base draws inside the cell.
         energy_calls: energy+force calls (pilot included).
     """
@@ -224,12 +225,12 @@ def annealed_importance_sampling(energy: Any, num_particles: int, *, generator: 
     if step_sizes.shape[0] != T or not bool((step_sizes > 0).all()) or not bool(torch.isfinite(step_sizes).all()):
         raise ValueError(f"step_sizes must be {T} finite numbers > 0 (one per temperature)")
     x = base_std * torch.randn((num_particles, *shape), generator=generator, dtype=torch.float64)
-    inside = float(_valid_mask(valid, x).double().mean())
+    log_w, x, u, _, acc, c = _run(energy, x, betas, step_sizes, mala_steps, base_std, valid, generator, False,
+                                  progress, "AIS")
+    inside = float(torch.isfinite(log_w).double().mean())  # only draws outside the cell have weight zero
     if inside == 0:
         raise ValueError("valid: no base draw lies inside the cell (is the chart centred on it, base_std large "
                          "enough?)")
-    log_w, x, u, _, acc, c = _run(energy, x, betas, step_sizes, mala_steps, base_std, valid, generator, False,
-                                  progress, "AIS")
     calls += c
     log_w = log_w + float(log_offset)
     log_z, se = _log_mean_exp(log_w)
