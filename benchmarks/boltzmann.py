@@ -134,10 +134,10 @@ def alanine_metad(args):
     from sciffusion.domains.boltzmann.energies import alanine_dipeptide
     from sciffusion.domains.boltzmann.reference import run_metadynamics
 
-    out = {"budget": {"metad_steps": args.metad_steps, "metad_timestep_ps": 0.002}}
+    out = {"budget": {"metad_steps": args.metad_steps, "metad_timestep_ps": 0.002, "solvent": args.solvent}}
     basin_a, basin_b = BASIN_A, BASIN_B
     # --- the metadynamics reference (OpenMM), 2 fs with HBonds constraints
-    e_md, top, pos = alanine_dipeptide("vacuum", constraints="HBonds")
+    e_md, top, pos = alanine_dipeptide(args.solvent, constraints="HBonds")
     t0 = time.perf_counter()
     fes_every = max(args.metad_steps // 40, 500)
     ref = run_metadynamics(e_md.system, pos, 300.0, steps=args.metad_steps, timestep=0.002, bias_factor=6.0,
@@ -232,12 +232,12 @@ def alanine_internal(args):
                       "sigma_max": args.internal_sigma_max, "num_steps": args.internal_steps,
                       "hill_height_kT": args.internal_height, "whiten": not args.no_whiten,
                       "cv_torsion_scale_rad": args.internal_cv_scale, "lr": args.internal_lr,
-                      "sequential_deposit": args.internal_sequential}}
+                      "sequential_deposit": args.internal_sequential, "solvent": args.solvent}}
     rows = []
     runs = [r for r in args.internal_runs.split(",") if r]
     for label in runs:
         # one OpenMM thread: the CPU platform's threaded force sums are not bit-reproducible
-        energy, top, pos = alanine_dipeptide("vacuum", platform_properties={"Threads": "1"})
+        energy, top, pos = alanine_dipeptide(args.solvent, platform_properties={"Threads": "1"})
         t0 = time.perf_counter()
         zm = ZMatrix.from_topology(top)
         x_min = InternalCoordinateEnergy.minimise(energy, zm, pos)
@@ -289,6 +289,7 @@ def alanine_internal(args):
             print("alanine internal", row, flush=True)
         if args.save_samples:  # the run's samples, for a later stage (e.g. --part alanine-basins)
             torch.save({"z": res.x, "cv": res.cv, "u_cartesian": u_cart, "x_min": x_min, "run": label,
+                        "solvent": args.solvent,
                         "path_log_weights": res.path_log_weights, "energy_calls": res.energy_evaluations},
                        f"{args.save_samples}_{label}.pt")
         if args.refine_steps:
@@ -367,7 +368,8 @@ def alanine_basins(args):
     from sciffusion.domains.boltzmann.sampler import ChiralityRestraint
 
     data = torch.load(args.basins_samples)
-    energy, top, pos = alanine_dipeptide("vacuum", platform_properties={"Threads": "1"})
+    solvent = data.get("solvent", "vacuum")  # samples saved before the option existed are vacuum ones
+    energy, top, pos = alanine_dipeptide(solvent, platform_properties={"Threads": "1"})
     zm = ZMatrix.from_topology(top)
     pp = phi_psi_alanine()
     x_min0 = data["x_min"]
@@ -401,7 +403,8 @@ def alanine_basins(args):
                            tol=0.3, keep=keep)
     minimise_calls = energy.num_calls
     labels = in_b(mins["cv"])
-    out = {"settings": {"samples": args.basins_samples, "sampler_run": data["run"], "particles": args.basins_particles,
+    out = {"settings": {"samples": args.basins_samples, "sampler_run": data["run"], "solvent": solvent,
+                        "particles": args.basins_particles,
                         "temperatures": args.basins_temperatures, "mala_steps": 1, "seeds": args.basins_seeds,
                         "minimisation_starts": mins["starts"], "minimisation_calls": minimise_calls},
            "minima": [{"phi": round(float(c[0]), 3), "psi": round(float(c[1]), 3), "u": round(float(u), 3),
@@ -497,6 +500,8 @@ def main(argv=None):
     p.add_argument("--metad-steps", type=int, default=1_500_000, help="2 fs steps (1.5e6 = 3 ns)")
     p.add_argument("--alanine-iterations", type=int, default=400)
     p.add_argument("--alanine-sigma-max", type=float, default=None, help="nm; default the system's 0.03")
+    p.add_argument("--solvent", choices=("vacuum", "implicit"), default="vacuum",
+                   help="alanine parts: vacuum or OBC1 implicit solvent (alanine-basins reads it from the samples)")
     p.add_argument("--tag", default="", help="suffix of the JSON file name")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -508,11 +513,12 @@ def main(argv=None):
         seeds = list(range(args.seeds))
         result = {"double_well": double_well(seeds), "mueller_brown": mueller_brown(seeds)}
     elif args.part == "alanine-metad":
-        result = {"alanine_vacuum": alanine_metad(args)}
+        result = {f"alanine_{args.solvent}": alanine_metad(args)}
     elif args.part == "alanine-basins":
-        result = {"alanine_vacuum": alanine_basins(args)}
+        basins = alanine_basins(args)
+        result = {f"alanine_{basins['settings']['solvent']}": basins}
     elif args.part == "alanine-internal":
-        result = {"alanine_vacuum": alanine_internal(args)}
+        result = {f"alanine_{args.solvent}": alanine_internal(args)}
     else:
         result = {"alanine_vacuum": alanine_sampler(args)}
     result["meta"] = dict(meta, wall_s=round(time.perf_counter() - t0, 1))
