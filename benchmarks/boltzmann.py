@@ -352,20 +352,19 @@ def _refine_rows(args, label, res, ice, cvs, bias, valid, extra):
 
 def alanine_basins(args):
     """Free energies from the basins a sampler found: its samples (``--basins-samples``, written by
-    ``--part alanine-internal --save-samples``) are minimised, one start per occupied 30-degree
-    (phi, psi) bin; each distinct minimum gets a cell (the nearest minimum of its own basin in
-    (phi, psi)) and a chart whitened at it, and the cell's Boltzmann mass comes from annealed
-    importance sampling from that chart's Laplace approximation
-    (:func:`~sciffusion.domains.boltzmann.anneal.annealed_importance_sampling`, exact in expectation).
-    The cells are also restricted to one rotamer of each methyl (and to trans amides, as the
-    metadynamics reference never leaves them): the three methyl rotamers are equivalent by the
-    permutation of their hydrogens, a factor common to every cell that cancels in Delta F."""
-    from sciffusion.domains.boltzmann.anneal import (annealed_importance_sampling, basin_delta_f, distinct_minima,
-                                                     nearest_centre_cells)
+    ``--part alanine-internal --save-samples``) go through
+    :func:`~sciffusion.domains.boltzmann.anneal.cell_free_energy`: one minimisation per occupied
+    30-degree (phi, psi) bin, one cell per distinct minimum (the nearest minimum of its own basin in
+    (phi, psi)) with a chart whitened there, each cell's Boltzmann mass by annealed importance
+    sampling from that chart's Laplace approximation (exact in expectation). The cells keep
+    alanine's handedness and trans amides, and one rotamer of each methyl
+    (:func:`~sciffusion.domains.boltzmann.anneal.alanine_cell_options`: the three rotamers are
+    equivalent by the permutation of their hydrogens, a factor common to every cell that cancels in
+    Delta F). ``--basins-seeds`` repeats the AIS on the same minima with independent streams."""
+    from sciffusion.domains.boltzmann.anneal import alanine_cell_options, cell_free_energy
     from sciffusion.domains.boltzmann.cvs import phi_psi_alanine
     from sciffusion.domains.boltzmann.energies import alanine_dipeptide
     from sciffusion.domains.boltzmann.internal import InternalCoordinateEnergy, ZMatrix
-    from sciffusion.domains.boltzmann.sampler import ChiralityRestraint
 
     data = torch.load(args.basins_samples)
     solvent = data.get("solvent", "vacuum")  # samples saved before the option existed are vacuum ones
@@ -384,89 +383,52 @@ def alanine_basins(args):
         raise RuntimeError("the rebuilt chart does not reproduce the saved samples' energies")
     energy.num_calls = 0
     t0 = time.perf_counter()
-    chir = ChiralityRestraint.from_reference(energy, (8, 6, 14, 10), x_min0)
-    omegas = [zm.torsion_index(1, 4, 6, 8), zm.torsion_index(18, 16, 14, 8)]
-    rotors = [zm.torsion_index(11, 10, 8, 6), zm.torsion_index(0, 1, 4, 6), zm.torsion_index(19, 18, 16, 14)]
-    st = zm.slices()[2]
-
-    def wrap(a):
-        return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
-
-    def keep(x):  # trans amides, the native handedness
-        q = zm.to_internal(x)
-        return chir.mask(x) & (wrap(q[:, omegas]).abs() > math.pi / 2).all(1)
+    opts = alanine_cell_options(zm, energy, x_min0)
 
     def in_b(cv):
-        return ((cv[:, 0] > 0) & (cv[:, 0] < 2)).long()
+        return (cv[:, 0] > 0) & (cv[:, 0] < 2)
 
-    mins = distinct_minima(lambda x: InternalCoordinateEnergy.minimise(energy, zm, x), energy, pp, xs, bins=12,
-                           tol=0.3, keep=keep)
-    minimise_calls = energy.num_calls
-    labels = in_b(mins["cv"])
     out = {"settings": {"samples": args.basins_samples, "sampler_run": data["run"], "solvent": solvent,
-                        "particles": args.basins_particles,
-                        "temperatures": args.basins_temperatures, "mala_steps": 1, "seeds": args.basins_seeds,
-                        "minimisation_starts": mins["starts"], "minimisation_calls": minimise_calls},
-           "minima": [{"phi": round(float(c[0]), 3), "psi": round(float(c[1]), 3), "u": round(float(u), 3),
-                       "basin": "B" if int(b) else "A"} for c, u, b in zip(mins["cv"], mins["energies"], labels)]}
-    print("minima", out["minima"], flush=True)
-    if labels.unique().numel() < 2:  # the estimate does not exist: say so in the results
-        out["note"] = (f"every minimum reached from the samples lies in basin {'B' if int(labels[0]) else 'A'}: "
-                       "Delta F(A->B) needs a cell in each basin")
-        print(out["note"], flush=True)
-        return out
-    charts, laplace = [], []
-    for k in range(mins["x"].shape[0]):
-        ice = InternalCoordinateEnergy(energy, zm, mins["x"][k], whiten=True, torsion_prior_std=None)
-        charts.append(ice)
-        laplace.append(-float(ice(torch.zeros(1, zm.n_dof))[0]) + 0.5 * zm.n_dof * math.log(2 * math.pi)
-                       + ice.log_abs_det_transform)
-    setup_calls = energy.num_calls - minimise_calls
-
-    def valid_for(k):
-        ice = charts[k]
-
-        def valid(z):
-            q = ice.to_internal_q(z)
-            dq = q[:, st] - ice.q0[st]  # one branch of every torsion: each configuration counted once
-            ok = ice.in_domain(z) & (dq.abs() < math.pi).all(1)
-            ok &= ((q[:, rotors] - ice.q0[rotors]).abs() < math.pi / 3).all(1)
-            ok &= ((q[:, omegas] - ice.q0[omegas]).abs() < math.pi / 2).all(1)
-            x = ice.to_cartesian(z)
-            cv = pp(x)
-            return ok & chir.mask(x) & (nearest_centre_cells(cv, mins["cv"], labels.tolist(), in_b(cv)) == k)
-        return valid
-
-    lap_a = torch.logsumexp(torch.tensor([l for l, b in zip(laplace, labels) if not b]), 0)
-    lap_b = torch.logsumexp(torch.tensor([l for l, b in zip(laplace, labels) if b]), 0)
-    out["laplace_delta_f"] = round(float(lap_a - lap_b), 3)
-    rows = []
+                        "particles": args.basins_particles, "temperatures": args.basins_temperatures,
+                        "mala_steps": 1, "seeds": args.basins_seeds, "reference_calls": args.reference_calls}}
+    rows, minima, minimise_calls = [], None, 0
     for seed in range(args.basins_seeds):
-        calls0, t1 = energy.num_calls, time.perf_counter()
-        runs = []
-        for k, ice in enumerate(charts):
-            r = annealed_importance_sampling(ice, args.basins_particles, generator=torch.Generator().manual_seed(
-                1000 * seed + k), num_temperatures=args.basins_temperatures, valid=valid_for(k),
-                log_offset=ice.log_abs_det_transform)
-            runs.append(r)
-        d = basin_delta_f([r for r, b in zip(runs, labels) if not b], [r for r, b in zip(runs, labels) if b],
-                          generator=torch.Generator().manual_seed(seed))
-        ais_calls = energy.num_calls - calls0
-        total = data["energy_calls"] + minimise_calls + setup_calls + ais_calls
-        row = {"seed": seed, "delta_f": round(d["delta_f"], 3), "stderr": round(d["stderr"], 3),
-               "p_b": round(d["p_b"], 5), "ais_energy_calls": ais_calls, "total_energy_calls": total,
-               "calls_over_metadynamics": round(total / 2_000_000, 3),
-               "ais_wall_s": round(time.perf_counter() - t1, 1),
+        t1 = time.perf_counter()
+        try:
+            res = cell_free_energy(energy, zm, xs, pp, in_b, generator=torch.Generator().manual_seed(seed),
+                                   minima=minima, num_particles=args.basins_particles,
+                                   num_temperatures=args.basins_temperatures, **opts)
+        except ValueError as err:  # every minimum in one basin: the estimate does not exist, say so
+            if minima is None and "needs a cell" in str(err):
+                out["note"] = str(err)
+                print(out["note"], flush=True)
+                return out
+            raise
+        if minima is None:
+            minima, minimise_calls = res.minima, res.energy_calls["minimise"]
+            out["settings"].update(minimisation_starts=minima["starts"], minimisation_calls=minimise_calls,
+                                   minimisation_wall_s=round(time.perf_counter() - t1, 1))
+            out["minima"] = [{"phi": round(float(c[0]), 3), "psi": round(float(c[1]), 3), "u": round(float(u), 3),
+                              "basin": "B" if int(b) else "A"}
+                             for c, u, b in zip(minima["cv"], minima["energies"], minima["basin"])]
+            out["laplace_delta_f"] = round(res.laplace_delta_f, 3)
+            print("minima", out["minima"], flush=True)
+        total = data["energy_calls"] + minimise_calls + res.energy_calls["charts"] + res.energy_calls["ais"]
+        row = {"seed": seed, "delta_f": round(res.delta_f, 3), "stderr": round(res.stderr, 3),
+               "p_b": round(res.p_b, 5), "ais_energy_calls": res.energy_calls["ais"],
+               "chart_energy_calls": res.energy_calls["charts"], "total_energy_calls": total,
+               "calls_over_reference": round(total / args.reference_calls, 3),
+               "wall_s": round(time.perf_counter() - t1, 1),
                "cells": [{"log_z": round(r.log_normalizer, 3), "stderr": round(r.stderr, 3), "ess": round(r.ess, 1),
-                          "inside": round(r.inside, 3), "laplace_log_z": round(lz, 3),
-                          "acceptance": round(float(r.acceptance[:-1].mean()), 3)} for r, lz in zip(runs, laplace)]}
+                          "inside": round(r.inside, 3), "acceptance": round(float(r.acceptance[:-1].mean()), 3)}
+                         for r in res.runs]}
         rows.append(row)
         print("alanine basins", row, flush=True)
     dfs = torch.tensor([r["delta_f"] for r in rows])
     out["summary"] = {"mean_delta_f": round(float(dfs.mean()), 3),
                       "std_over_seeds": round(float(dfs.std()), 3) if len(rows) > 1 else None,
                       "sampler_energy_calls": data["energy_calls"], "minimise_calls": minimise_calls,
-                      "chart_setup_calls": setup_calls, "wall_s_after_sampler": round(time.perf_counter() - t0, 1)}
+                      "wall_s_after_sampler": round(time.perf_counter() - t0, 1)}
     out["runs"] = rows
     print("alanine basins summary", out["summary"], "laplace", out["laplace_delta_f"], flush=True)
     return out
@@ -496,6 +458,8 @@ def main(argv=None):
     p.add_argument("--basins-particles", type=int, default=500)
     p.add_argument("--basins-temperatures", type=int, default=200)
     p.add_argument("--basins-seeds", type=int, default=3)
+    p.add_argument("--reference-calls", type=int, default=2_000_000,
+                   help="alanine-basins: the metadynamics reference's energy calls, for the ratio printed")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--metad-steps", type=int, default=1_500_000, help="2 fs steps (1.5e6 = 3 ns)")
     p.add_argument("--alanine-iterations", type=int, default=400)

@@ -21,7 +21,8 @@ where they are needed).
   on the frozen biased or unbiased target, :func:`mala`);
 * basin free energies: :func:`distinct_minima` (minima reached from a sampler's samples),
   :func:`nearest_centre_cells` and :func:`annealed_importance_sampling` of each cell from its
-  Laplace approximation, combined by :func:`basin_delta_f`.
+  Laplace approximation, combined by :func:`basin_delta_f`; :func:`cell_free_energy` runs the
+  whole estimate from a sampler's samples.
 """
 
 from .cvs import CV, Coordination, CVSet, Dihedral, Distance, dihedral_angle, phi_psi_alanine
@@ -34,7 +35,8 @@ from .internal import InternalCoordinateEnergy, InternalCV, ZMatrix
 from .sampler import AdjointSampler, ChiralityRestraint, ReplayBuffer, SampleResult, energy_and_forces
 from .reference import ReferenceRun, run_md, run_metadynamics
 from .refine import RefineResult, mala, resample_move
-from .anneal import AISResult, annealed_importance_sampling, basin_delta_f, distinct_minima, nearest_centre_cells
+from .anneal import (AISResult, CellFreeEnergy, alanine_cell_options, annealed_importance_sampling, basin_delta_f,
+                     cell_free_energy, distinct_minima, nearest_centre_cells)
 from .wtasbs import BiasPotential, WTResult, run_wtasbs, sample_unbiased
 
 __all__ = ["CV", "Coordination", "CVSet", "Dihedral", "Distance", "dihedral_angle", "phi_psi_alanine", "Basin",
@@ -44,4 +46,5 @@ __all__ = ["CV", "Coordination", "CVSet", "Dihedral", "Distance", "dihedral_angl
            "effective_sample_size", "AdjointSampler", "ChiralityRestraint", "ReplayBuffer", "SampleResult",
            "energy_and_forces", "IDEMSampler", "dem_score", "BiasPotential", "WTResult", "run_wtasbs", "sample_unbiased",
            "ZMatrix", "InternalCoordinateEnergy", "InternalCV", "RefineResult", "mala", "resample_move",
-           "AISResult", "annealed_importance_sampling", "basin_delta_f", "distinct_minima", "nearest_centre_cells"]
+           "AISResult", "annealed_importance_sampling", "basin_delta_f", "distinct_minima", "nearest_centre_cells",
+           "CellFreeEnergy", "cell_free_energy", "alanine_cell_options"]

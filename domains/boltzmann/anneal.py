@@ -52,7 +52,8 @@ from .refine import TARGET_ACCEPTANCE, mala_step
 from .sampler import energy_and_forces
 from .wtasbs import _valid_mask
 
-__all__ = ["AISResult", "annealed_importance_sampling", "basin_delta_f", "distinct_minima", "nearest_centre_cells",
+__all__ = ["AISResult", "CellFreeEnergy", "alanine_cell_options", "annealed_importance_sampling", "basin_delta_f",
+           "cell_free_energy", "distinct_minima", "nearest_centre_cells",
            "power_schedule"]
 
 
@@ -369,3 +370,181 @@ def nearest_centre_cells(cv: torch.Tensor, centres: torch.Tensor, centre_basin: 
     d = torch.where(lab[None, :] == torch.as_tensor(basin).reshape(-1, 1), d, torch.full_like(d, math.inf))
     best = d.argmin(1)
     return torch.where(torch.isfinite(d.min(1).values), best, torch.full_like(best, -1))
+
+
+@dataclass
+class CellFreeEnergy:
+    """What :func:`cell_free_energy` returns.
+
+    Attributes:
+        delta_f: :math:`\\Delta F_{A\\to B}` in kT.
+        stderr: its bootstrap standard error (:func:`basin_delta_f`).
+        p_b: :math:`Z_B / (Z_A + Z_B)`.
+        minima: :func:`distinct_minima`'s dict plus ``basin`` ``(M,)`` (1 in B, 0 in A).
+        runs: one :class:`AISResult` per minimum's cell, in the order of ``minima``.
+        laplace_delta_f: the same :math:`\\Delta F` from the cells' Laplace approximations alone.
+        energy_calls: Cartesian energy(+force) calls by stage: ``minimise``, ``charts`` (Hessians and
+            the energy at each minimum), ``ais`` (pilots included).
+    """
+
+    delta_f: float
+    stderr: float
+    p_b: float
+    minima: dict
+    runs: list
+    laplace_delta_f: float
+    energy_calls: dict
+
+
+def cell_free_energy(energy: Any, zmatrix: Any, x: torch.Tensor, cvs: Callable, basin: Callable, *,
+                     generator: torch.Generator, keep: Callable | None = None, restrain: dict | None = None,
+                     bins: int = 12, tol: float = 0.3, minima: dict | None = None, num_particles: int = 500,
+                     num_temperatures: int = 200, n_bootstrap: int = 200, progress: bool = False) -> CellFreeEnergy:
+    r""":math:`\Delta F_{A\to B}` from the basins that samples reach, each cell's mass by AIS.
+
+    1. :func:`distinct_minima`: the lowest sample of every occupied CV bin is minimised
+       (:meth:`~.internal.InternalCoordinateEnergy.minimise`), duplicates merged, ``keep`` applied.
+    2. Each minimum :math:`m_k` gets a chart :math:`q = q_k + M_k z` whitened by the Hessian there
+       (:class:`~.internal.InternalCoordinateEnergy`, no torsion confinement) and the cell
+       :math:`C_k` = the configurations whose CVs are nearer to :math:`m_k` than to any other minimum
+       *of the same basin* (:func:`nearest_centre_cells`: the cells partition A and B exactly), with
+       every torsion on one branch :math:`|q_t - q_{k,t}| < \pi` (each configuration counted once),
+       the ``restrain`` torsions within their half-widths of :math:`m_k`'s value, and ``keep``.
+    3. :math:`Z_k = \int_{C_k} e^{-u}` by :func:`annealed_importance_sampling` from the Laplace
+       approximation :math:`\mathcal N(0, I)` in :math:`z` (``log_offset`` :math:`= \log|\det M_k|`),
+       then :math:`\Delta F_{A\to B} = -\log(\sum_{k\in B} Z_k / \sum_{k\in A} Z_k)` (:func:`basin_delta_f`).
+
+    The estimate is exact in expectation for the cells' union, which covers the whole
+    configuration space allowed by ``keep`` and ``restrain``; a basin's mass that no minimisation
+    reaches is still counted, in the cell of the nearest minimum of its basin, but sampled through
+    that cell's chart (poorly, when the two are far apart: watch each run's ``ess``). The samples only
+    need to *reach* every basin, not to be distributed by Boltzmann.
+
+    ``restrain`` is for symmetric rotors, whose rotamers are copies of each other: a methyl
+    restricted to :math:`\pm\pi/3` around its minimum is one of three equal copies, a factor common
+    to every cell that cancels in :math:`\Delta F`.
+
+    Args:
+        energy: the Cartesian :class:`~.energies.Energy` (``event_shape = (n_atoms, 3)``, e.g. an
+            :class:`~.energies.OpenMMEnergy`).
+        zmatrix: :class:`~.internal.ZMatrix` of the molecule.
+        x: ``(N, n_atoms, 3)`` samples (e.g. a biased sampler's).
+        cvs: ``x -> (B, k)`` (or a single CV's ``(B,)``) the CVs the basins are defined on
+            (``.periodic`` read when present, else all periodic).
+        basin: ``cv (B, k) -> (B,)`` bool or 0/1: whether each CV row lies in B (A is the rest).
+        generator: all randomness.
+        keep: optional ``x (B, n, 3) -> (B,) bool``: configurations counted at all (e.g. the right
+            handedness, trans amides); minima that fail it are dropped.
+        restrain: optional ``{torsion index: half-width in rad}`` (:meth:`~.internal.ZMatrix.torsion_index`).
+        bins, tol: :func:`distinct_minima`'s binning and merge distance.
+        minima: a previous result's ``minima`` (to repeat the AIS with another generator without
+            minimising again; ``x`` is then not used).
+        num_particles, num_temperatures: AIS particles per cell and temperatures.
+        n_bootstrap: bootstrap resamples of the error bar.
+        progress: tqdm bars.
+
+    Raises:
+        ValueError: bad arguments, or every minimum in one basin (the estimate needs a cell in each;
+            the message says which basin the samples missed).
+    """
+    from .internal import InternalCoordinateEnergy, ZMatrix
+
+    if not isinstance(zmatrix, ZMatrix):
+        raise TypeError(f"zmatrix must be a ZMatrix, got {type(zmatrix).__name__}")
+    if tuple(getattr(energy, "event_shape", ())) != (zmatrix.n_atoms, 3):
+        raise ValueError(f"energy.event_shape must be ({zmatrix.n_atoms}, 3) (Cartesian), got "
+                         f"{tuple(getattr(energy, 'event_shape', ()))}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError("generator must be a torch.Generator (randomness is explicit)")
+    restrain = dict(restrain or {})
+    _, _, st = zmatrix.slices()
+    for i, w in restrain.items():
+        if not (isinstance(i, int) and st.start <= i < st.stop) or not 0 < w <= math.pi:
+            raise ValueError(f"restrain: need {{torsion index in [{st.start}, {st.stop}): half-width in (0, pi]}}, "
+                             f"got {i!r}: {w!r}")
+    per = getattr(cvs, "periodic", None)
+    periodic = [per] if isinstance(per, bool) else (list(per) if per is not None else None)
+    cv_fn = cvs
+
+    def cvs(xb):  # (B, k) also for a single CV's (B,)
+        c = torch.as_tensor(cv_fn(xb), dtype=torch.float64)
+        return c[:, None] if c.ndim == 1 else c
+
+    def calls():
+        return int(getattr(energy, "num_calls", 0))
+
+    def in_b(c):
+        return torch.as_tensor(basin(c)).reshape(-1).long()
+
+    c0 = calls()
+    if minima is None:
+        mins = distinct_minima(lambda xi: InternalCoordinateEnergy.minimise(energy, zmatrix, xi), energy, cvs, x,
+                               bins=bins, tol=tol, periodic=periodic, keep=keep)
+    else:
+        if not (isinstance(minima, dict) and {"x", "cv", "energies"} <= set(minima)):
+            raise ValueError("minima must be a previous cell_free_energy result's .minima (keys x, cv, energies)")
+        mins = {k: v for k, v in minima.items() if k != "basin"}
+    labels = in_b(mins["cv"])
+    mins["basin"] = labels
+    if labels.unique().numel() < 2:
+        missed, hit = ("B", "A") if int(labels[0]) == 0 else ("A", "B")
+        raise ValueError(f"x: every minimum reached from the samples lies in basin {hit} ({mins['starts']} "
+                         f"minimisations); Delta F(A->B) needs a cell in {missed} too: give samples that reach it")
+    c1 = calls()
+    charts = [InternalCoordinateEnergy(energy, zmatrix, mins["x"][k], whiten=True, torsion_prior_std=None)
+              for k in range(mins["x"].shape[0])]
+    d = zmatrix.n_dof
+    laplace = torch.tensor([-float(ice(torch.zeros(1, d))[0]) + 0.5 * d * math.log(2 * math.pi)
+                            + ice.log_abs_det_transform for ice in charts], dtype=torch.float64)
+    c2 = calls()
+    rest = list(restrain)
+    half = torch.tensor([restrain[i] for i in rest], dtype=torch.float64)
+
+    def valid_for(k):
+        ice = charts[k]
+
+        def valid(z):
+            q = ice.to_internal_q(z)
+            ok = ice.in_domain(z) & ((q[:, st] - ice.q0[st]).abs() < math.pi).all(1)
+            if rest:
+                ok &= ((q[:, rest] - ice.q0[rest]).abs() < half).all(1)
+            xc = ice.to_cartesian(z)
+            if keep is not None:
+                ok &= torch.as_tensor(keep(xc)).bool()
+            c = torch.as_tensor(cvs(xc), dtype=torch.float64)
+            return ok & (nearest_centre_cells(c, mins["cv"], labels.tolist(), in_b(c), periodic) == k)
+        return valid
+
+    runs = [annealed_importance_sampling(ice, num_particles, generator=generator, num_temperatures=num_temperatures,
+                                         valid=valid_for(k), log_offset=ice.log_abs_det_transform, progress=progress)
+            for k, ice in enumerate(charts)]
+    c3 = calls()
+    a, b = labels == 0, labels == 1
+    est = basin_delta_f([r for r, lb in zip(runs, labels) if lb == 0], [r for r, lb in zip(runs, labels) if lb == 1],
+                        n_bootstrap=n_bootstrap, generator=generator)
+    lap = float(torch.logsumexp(laplace[a], 0) - torch.logsumexp(laplace[b], 0))
+    return CellFreeEnergy(delta_f=est["delta_f"], stderr=est["stderr"], p_b=est["p_b"], minima=mins, runs=runs,
+                          laplace_delta_f=lap, energy_calls={"minimise": c1 - c0, "charts": c2 - c1, "ais": c3 - c2})
+
+
+def alanine_cell_options(zmatrix: Any, energy: Any, reference: Any) -> dict:
+    r"""``keep`` and ``restrain`` of :func:`cell_free_energy` for alanine dipeptide (ACE-ALA-NME,
+    openmmtools atom order): the reference's CA handedness (improper N-CA-C-CB,
+    :class:`~.sampler.ChiralityRestraint`), both amides trans (:math:`|\omega| > \pi/2`, and each cell
+    within :math:`\pi/2` of its minimum's :math:`\omega`), and each of the three methyls to one rotamer
+    (:math:`\pm\pi/3`)."""
+    from .sampler import ChiralityRestraint
+
+    chir = ChiralityRestraint.from_reference(energy, (8, 6, 14, 10), torch.as_tensor(reference, dtype=torch.float64))
+    omegas = [zmatrix.torsion_index(1, 4, 6, 8), zmatrix.torsion_index(18, 16, 14, 8)]
+    rotors = [zmatrix.torsion_index(11, 10, 8, 6), zmatrix.torsion_index(0, 1, 4, 6),
+              zmatrix.torsion_index(19, 18, 16, 14)]
+    if None in omegas + rotors:
+        raise ValueError("zmatrix: not alanine dipeptide's bond graph (an omega or methyl torsion is missing)")
+
+    def keep(x):
+        q = zmatrix.to_internal(x)
+        w = torch.remainder(q[:, omegas] + math.pi, 2 * math.pi) - math.pi
+        return chir.mask(x) & (w.abs() > math.pi / 2).all(1)
+
+    return {"keep": keep, "restrain": {**{i: math.pi / 2 for i in omegas}, **{i: math.pi / 3 for i in rotors}}}
