@@ -8,7 +8,8 @@ r"""``sciffusion molecules ...`` and the boltzmann section of ``sciffusion tour`
   PDB/DCD trajectory.
 * ``sciffusion molecules free-energy --samples DIR --basin "B: 0 < phi < 2" [--basin "A: ..."]``:
   :math:`\Delta F(A\to B)` with bootstrap error bars from the weighted samples (one basin given: A
-  is the rest).
+  is the rest); ``--estimator cells`` instead minimises the samples and integrates one cell per
+  minimum by annealed importance sampling (:func:`~.anneal.cell_free_energy`; molecules).
 * ``sciffusion molecules metad --system ... --cv ... --out DIR``: the OpenMM well-tempered
   metadynamics reference (:func:`~.reference.run_metadynamics`).
 
@@ -229,6 +230,53 @@ def free_energy_from_samples(samples: dict, basins: list[str], *, weights: str =
     return out
 
 
+def cells_free_energy_from_samples(samples: dict, basin: str, *, particles: int = 500, temperatures: int = 200,
+                                   seed: int = 0, progress: bool = False) -> dict:
+    r""":math:`\Delta F(A\to B)` from the basins that saved alanine-dipeptide samples reach
+    (:func:`~.anneal.cell_free_energy`: minima, one cell each, AIS per cell), the samples' weights
+    unused: only the minima they lead to matter. B is ``basin``, A the rest.
+
+    Args:
+        samples: what ``molecules sample`` saved (an alanine-dipeptide system).
+        basin: the B basin, e.g. ``"B: 0 < phi < 2"``, on the saved CVs.
+        particles, temperatures: AIS particles per cell and temperatures.
+    """
+    from .anneal import alanine_cell_options, cell_free_energy
+    from .energies import alanine_dipeptide
+    from .free_energy import Basin
+    from .internal import ZMatrix
+
+    system = samples.get("system", "")
+    if not str(system).startswith("alanine-dipeptide-"):
+        raise ValueError(f"--estimator cells needs molecule samples (an alanine-dipeptide system), got {system!r}: "
+                         "it minimises and integrates in internal coordinates")
+    b = Basin.parse(basin)
+    names, periodic = samples["cv_names"], samples["periodic"]
+    energy, top, pos = alanine_dipeptide(system.rsplit("-", 1)[1], platform_properties={"Threads": "1"})
+    spec_cvs = build_system(system, names).cvs
+    zm = ZMatrix.from_topology(top)
+
+    def in_b(cv):
+        return b.mask(cv, names, periodic)
+
+    x = torch.as_tensor(samples["x"], dtype=torch.float64)
+    ok = torch.isfinite(x.flatten(1)).all(1)
+    if "log_weights" in samples and samples["log_weights"] is not None:  # wrong-handed samples carry weight 0
+        ok &= torch.isfinite(torch.as_tensor(samples["log_weights"]))
+    if not bool(ok.any()):
+        raise ValueError("--samples: no finite sample of the right handedness to start minimisations from")
+    res = cell_free_energy(energy, zm, x[ok], spec_cvs, in_b, generator=torch.Generator().manual_seed(seed),
+                           num_particles=particles, num_temperatures=temperatures, progress=progress,
+                           **alanine_cell_options(zm, energy, pos))
+    return {"estimator": "cells", "basin_B": basin, "delta_f": res.delta_f, "stderr": res.stderr, "p_b": res.p_b,
+            "laplace_delta_f": res.laplace_delta_f, "energy_calls": res.energy_calls,
+            "minimisation_starts": res.minima["starts"],
+            "minima": [{**{n: float(v) for n, v in zip(names, c)}, "u_kT": float(u), "basin": "B" if int(lb) else "A"}
+                       for c, u, lb in zip(res.minima["cv"], res.minima["energies"], res.minima["basin"])],
+            "cells": [{"log_z": r.log_normalizer, "stderr": r.stderr, "ess": r.ess, "inside": r.inside}
+                      for r in res.runs]}
+
+
 # ------------------------------------------------------------------------------------------
 # argument handling
 # ------------------------------------------------------------------------------------------
@@ -291,9 +339,16 @@ def _cmd_free_energy(args) -> int:
         Basin.parse(b)  # raises ValueError naming the bad basin text
     if args.out is not None and args.out.is_dir():
         raise ValueError(f"--out {args.out} is a directory; give a JSON file path")
+    if args.estimator == "cells" and len(args.basin) != 1:
+        raise ValueError("--estimator cells: give one basin (B; A is the rest): the cells partition the space")
     samples = torch.load(path, weights_only=False)
-    out = free_energy_from_samples(samples, args.basin, weights=args.weights, n_bootstrap=args.bootstrap,
-                                   seed=args.seed)
+    if args.estimator == "cells":
+        out = cells_free_energy_from_samples(samples, args.basin[0], particles=args.particles,
+                                             temperatures=args.temperatures, seed=args.seed,
+                                             progress=not args.no_progress)
+    else:
+        out = free_energy_from_samples(samples, args.basin, weights=args.weights, n_bootstrap=args.bootstrap,
+                                       seed=args.seed)
     print(json.dumps(out, indent=1, default=float))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -353,6 +408,12 @@ def register_cli(subparsers) -> None:
     f.add_argument("--samples", type=Path, required=True, help="a folder written by `molecules sample`")
     f.add_argument("--basin", action="append", required=True, help='e.g. "B: 0 < phi < 2" (repeat for A)')
     f.add_argument("--weights", choices=("bias", "path"), default="bias")
+    f.add_argument("--estimator", choices=("reweight", "cells"), default="reweight",
+                   help="reweight: the weighted samples' histogram; cells: minimise the samples, one cell per "
+                        "minimum, each cell's mass by annealed importance sampling (molecules)")
+    f.add_argument("--particles", type=_positive("--particles"), default=500, help="cells: AIS particles per cell")
+    f.add_argument("--temperatures", type=_positive("--temperatures"), default=200, help="cells: AIS temperatures")
+    f.add_argument("--no-progress", action="store_true")
     f.add_argument("--bootstrap", type=_positive("--bootstrap"), default=200)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", type=Path, default=None, help="JSON file for the estimate")

@@ -116,3 +116,36 @@ def test_alanine_sample_writes_trajectory_and_weights(tmp_path):
     # wrong-handed samples (CA stereocentre) carry weight zero, the others a finite weight
     assert torch.equal(torch.isfinite(s["log_weights"]), spec.valid(s["x"]))
     assert s["x"].mean(1).abs().max() < 1e-4  # centre of mass removed by the core constraint
+
+
+def test_free_energy_by_cells(tmp_path, capsys):
+    """``--estimator cells`` on two alanine structures, one per basin: the plumbing (minima, one cell
+    each, the JSON); the estimator's exactness is tested in test_cells.py."""
+    pytest.importorskip("openmmtools")
+    from sciffusion.domains.boltzmann.energies import alanine_dipeptide
+    from sciffusion.domains.boltzmann.internal import ZMatrix
+
+    _, top, pos = alanine_dipeptide("vacuum")
+    zm = ZMatrix.from_topology(top)
+    q = zm.to_internal(torch.as_tensor(pos, dtype=torch.float64)[None]).repeat(2, 1)
+    q[1, zm.torsion_index(4, 6, 8, 14)], q[1, zm.torsion_index(6, 8, 14, 16)] = 1.1, -1.1  # into B (C7ax)
+    x = zm.to_cartesian(q)
+    torch.save({"system": "alanine-dipeptide-vacuum", "cv_names": ["phi", "psi"], "periodic": [True, True], "x": x,
+                "log_weights": torch.zeros(2, dtype=torch.float64)}, tmp_path / "samples.pt")
+    est = tmp_path / "cells.json"
+    assert main(["molecules", "free-energy", "--samples", str(tmp_path), "--basin", "B: 0 < phi < 2",
+                 "--estimator", "cells", "--particles", "24", "--temperatures", "4", "--no-progress",
+                 "--out", str(est)]) == 0
+    res = json.loads(est.read_text())
+    assert sorted(m["basin"] for m in res["minima"]) == ["A", "B"]
+    assert all((0 < m["phi"] < 2) == (m["basin"] == "B") for m in res["minima"])
+    assert len(res["cells"]) == 2 and math.isfinite(res["delta_f"]) and math.isfinite(res["stderr"])
+    assert res["minimisation_starts"] == 2 and res["energy_calls"]["ais"] > 0
+    with pytest.raises(SystemExit, match="one basin"):
+        main(["molecules", "free-energy", "--samples", str(tmp_path), "--basin", "A: phi < 0", "--basin",
+              "B: 0 < phi < 2", "--estimator", "cells"])
+    torch.save({"system": "double-well", "cv_names": ["x1"], "periodic": [False], "x": torch.zeros(3, 2)},
+               tmp_path / "samples.pt")
+    with pytest.raises(SystemExit, match="alanine-dipeptide"):
+        main(["molecules", "free-energy", "--samples", str(tmp_path), "--basin", "B: 0 < x1 < 1",
+              "--estimator", "cells"])
