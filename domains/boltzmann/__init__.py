@@ -29,7 +29,7 @@ from .cvs import CV, Coordination, CVSet, Dihedral, Distance, dihedral_angle, ph
 from .free_energy import Basin, delta_f, delta_f_from_grid, free_energy_surface, mbar_delta_f
 from .bias import WellTemperedBias, effective_sample_size, log_importance_weights
 from .energies import (DoubleWell2D, Energy, GaussianMixtureEnergy, LennardJones, ManyWell, MuellerBrown,
-                       OpenMMEnergy, TorchEnergy, alanine_dipeptide)
+                       OpenMMEnergy, TorchEnergy, alanine_dipeptide, torsion_chain, torsion_chain_log_marginal)
 from .idem import IDEMSampler, dem_score
 from .internal import InternalCoordinateEnergy, InternalCV, ZMatrix
 from .sampler import AdjointSampler, ChiralityRestraint, ReplayBuffer, SampleResult, energy_and_forces
@@ -42,7 +42,8 @@ from .wtasbs import BiasPotential, WTResult, run_wtasbs, sample_unbiased
 __all__ = ["CV", "Coordination", "CVSet", "Dihedral", "Distance", "dihedral_angle", "phi_psi_alanine", "Basin",
            "delta_f", "delta_f_from_grid", "free_energy_surface", "mbar_delta_f", "ReferenceRun", "run_md",
            "run_metadynamics", "Energy", "TorchEnergy", "DoubleWell2D", "MuellerBrown", "GaussianMixtureEnergy", "ManyWell",
-           "LennardJones", "OpenMMEnergy", "alanine_dipeptide", "WellTemperedBias", "log_importance_weights",
+           "LennardJones", "OpenMMEnergy", "alanine_dipeptide", "torsion_chain",
+           "torsion_chain_log_marginal", "WellTemperedBias", "log_importance_weights",
            "effective_sample_size", "AdjointSampler", "ChiralityRestraint", "ReplayBuffer", "SampleResult",
            "energy_and_forces", "IDEMSampler", "dem_score", "BiasPotential", "WTResult", "run_wtasbs", "sample_unbiased",
            "ZMatrix", "InternalCoordinateEnergy", "InternalCV", "RefineResult", "mala", "resample_move",

@@ -442,7 +442,8 @@ def _guard(fn):
 # tour
 # ------------------------------------------------------------------------------------------
 def tour(out_dir: Path, quick: bool) -> dict:
-    """Double well (kT = 1): unbiased vs well-tempered adjoint sampler, reweighted, against quadrature."""
+    """Double well (kT = 1): unbiased vs well-tempered adjoint sampler, reweighted, against quadrature;
+    the basin-cell estimator on the OpenMM torsion chain against its quadrature."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = build_system("double-well", ["x1"])
@@ -468,7 +469,28 @@ def tour(out_dir: Path, quick: bool) -> dict:
                          "ESS": round(ess, 1), "energy_calls": res.energy_evaluations})
     _plot_tour(out_dir / "boltzmann_double_well.png", spec, results)
     return {"section": "boltzmann", "system": "double well, kT=1",
-            "rows": rows, "figures": ["boltzmann_double_well.png"]}
+            "rows": rows, "figures": ["boltzmann_double_well.png"], "torsion_chain_cells": _tour_cells(quick)}
+
+
+def _tour_cells(quick: bool) -> dict:
+    """The basin-cell estimator (:func:`~.anneal.cell_free_energy`) on the OpenMM four-atom torsion
+    chain, trans (A) against gauche (B), beside its exact 1-D quadrature."""
+    from .anneal import cell_free_energy
+    from .cvs import Dihedral
+    from .energies import TORSION_CHAIN_BONDS, torsion_chain, torsion_chain_log_marginal
+    from .internal import ZMatrix
+
+    energy, zm = torsion_chain(platform_properties={"Threads": "1"}), ZMatrix(4, TORSION_CHAIN_BONDS)
+    phi = torch.linspace(-math.pi, math.pi, 200_001, dtype=torch.float64)
+    logp, gauche = torsion_chain_log_marginal(phi), phi.abs() < 2 * math.pi / 3
+    exact = float(torch.logsumexp(logp[~gauche], 0) - torch.logsumexp(logp[gauche], 0))
+    q = torch.tensor([[0.153, 0.153, 0.153, 1.95, 1.95, p] for p in (3.0, 1.0, -1.0)], dtype=torch.float64)
+    res = cell_free_energy(energy, zm, zm.to_cartesian(q), Dihedral(0, 1, 2, 3), lambda c: c[:, 0].abs() < 2.0944,
+                           generator=torch.Generator().manual_seed(0), num_particles=200 if quick else 500,
+                           num_temperatures=40 if quick else 80)
+    return {"exact dF(trans->gauche) kT": round(exact, 3), "cells dF kT": round(res.delta_f, 3),
+            "stderr": round(res.stderr, 3), "Laplace dF kT": round(res.laplace_delta_f, 3),
+            "energy_calls": sum(res.energy_calls.values())}
 
 
 def _plot_tour(path: Path, spec, results) -> None:

@@ -747,3 +747,41 @@ def from_pdb(pdb_path, forcefield: Sequence[str] = ("amber14-all.xml",), tempera
     system = ff.createSystem(top, **kwargs)
     pos = np.asarray(mm.unit.Quantity(positions).value_in_unit(mm.unit.nanometer), dtype=np.float64)
     return OpenMMEnergy(system, temperature, **energy_kwargs), _mdtraj_topology(top), pos
+
+
+TORSION_CHAIN_BONDS = ((0, 1), (1, 2), (2, 3))
+
+
+def torsion_chain(temperature: float = 300.0, k1: float = 3.0, k3: float = 4.0, **energy_kwargs) -> OpenMMEnergy:
+    r"""Four atoms 0-1-2-3 in OpenMM with an exactly known torsion distribution.
+
+    Harmonic bonds (0.153 nm, :math:`2\times10^5` kJ/mol/nm\ :sup:`2`), harmonic angles (1.95 rad,
+    400 kJ/mol/rad\ :sup:`2`) and the torsion :math:`U_t(\phi) = k_1(1+\cos\phi) + k_3(1+\cos 3\phi)`
+    (kJ/mol; trans at :math:`\pi`, gauche near :math:`\pm 1.12` for the defaults), no nonbonded
+    terms. In internal coordinates the Cartesian volume element is
+    :math:`\prod r^2\sin\theta` times the rigid-body factor, and neither it nor the bond and angle
+    energies depend on :math:`\phi`, so the Boltzmann marginal of :math:`\phi` (atoms 0-1-2-3) is
+    **exactly** :math:`\propto e^{-U_t(\phi)/k_BT}` (:func:`torsion_chain_log_marginal`): basin
+    free energies are 1-D quadratures. Bonds: :data:`TORSION_CHAIN_BONDS`.
+    """
+    mm = _require("openmm")
+    s = mm.System()
+    for _ in range(4):
+        s.addParticle(12.0)
+    bonds, angles, torsion = mm.HarmonicBondForce(), mm.HarmonicAngleForce(), mm.PeriodicTorsionForce()
+    for i, j in TORSION_CHAIN_BONDS:
+        bonds.addBond(i, j, 0.153, 2.0e5)
+    for i in range(2):
+        angles.addAngle(i, i + 1, i + 2, 1.95, 400.0)
+    torsion.addTorsion(0, 1, 2, 3, 1, 0.0, float(k1))
+    torsion.addTorsion(0, 1, 2, 3, 3, 0.0, float(k3))
+    for f in (bonds, angles, torsion):
+        s.addForce(f)
+    return OpenMMEnergy(s, temperature, **energy_kwargs)
+
+
+def torsion_chain_log_marginal(phi: torch.Tensor, temperature: float = 300.0, k1: float = 3.0,
+                               k3: float = 4.0) -> torch.Tensor:
+    r"""Unnormalised :math:`\log p(\phi) = -U_t(\phi)/k_BT` of :func:`torsion_chain` (exact)."""
+    phi = torch.as_tensor(phi, dtype=torch.float64)
+    return -(k1 * (1 + torch.cos(phi)) + k3 * (1 + torch.cos(3 * phi))) / kT_kj_per_mol(temperature)

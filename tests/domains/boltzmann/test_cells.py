@@ -12,7 +12,8 @@ openmm = pytest.importorskip("openmm")
 
 from sciffusion.domains.boltzmann.anneal import alanine_cell_options, cell_free_energy  # noqa: E402
 from sciffusion.domains.boltzmann.cvs import Dihedral  # noqa: E402
-from sciffusion.domains.boltzmann.energies import OpenMMEnergy, kT_kj_per_mol  # noqa: E402
+from sciffusion.domains.boltzmann.energies import (TORSION_CHAIN_BONDS, torsion_chain,  # noqa: E402
+                                                   torsion_chain_log_marginal)
 from sciffusion.domains.boltzmann.internal import ZMatrix  # noqa: E402
 
 torch.set_num_threads(1)
@@ -20,30 +21,15 @@ T = 300.0
 K1, K3 = 3.0, 4.0  # kJ/mol: U_t = K1 (1 + cos phi) + K3 (1 + cos 3 phi); trans at pi, gauche near +-1.12
 
 
-def chain_system():
-    mm = openmm  # lengths in nm, energies in kJ/mol, angles in rad (OpenMM's units)
-    s = mm.System()
-    for _ in range(4):
-        s.addParticle(12.0)
-    b = mm.HarmonicBondForce()
-    for i in range(3):
-        b.addBond(i, i + 1, 0.153, 2.0e5)
-    a = mm.HarmonicAngleForce()
-    for i in range(2):
-        a.addAngle(i, i + 1, i + 2, 1.95, 400.0)
-    t = mm.PeriodicTorsionForce()
-    t.addTorsion(0, 1, 2, 3, 1, 0.0, K1)
-    t.addTorsion(0, 1, 2, 3, 3, 0.0, K3)
-    for f in (b, a, t):
-        s.addForce(f)
-    return s
-
-
 def exact_delta_f(n=200_001):
     phi = torch.linspace(-math.pi, math.pi, n, dtype=torch.float64)
-    w = torch.exp(-(K1 * (1 + torch.cos(phi)) + K3 * (1 + torch.cos(3 * phi))) / kT_kj_per_mol(T))
+    logp = torsion_chain_log_marginal(phi, T, K1, K3)
     gauche = phi.abs() < 2 * math.pi / 3
-    return -math.log(float(w[gauche].sum() / w[~gauche].sum()))
+    return float(torch.logsumexp(logp[~gauche], 0) - torch.logsumexp(logp[gauche], 0))
+
+
+def chain():
+    return torsion_chain(T, K1, K3, platform_properties={"Threads": "1"}), ZMatrix(4, TORSION_CHAIN_BONDS)
 
 
 def samples(zm, phis, generator):
@@ -57,8 +43,7 @@ def gauche(cv):
 
 
 def test_trans_gauche_delta_f_is_exact():
-    energy = OpenMMEnergy(chain_system(), T, platform_properties={"Threads": "1"})
-    zm = ZMatrix(4, [(0, 1), (1, 2), (2, 3)])
+    energy, zm = chain()
     cv = Dihedral(0, 1, 2, 3, name="phi")
     g = torch.Generator().manual_seed(0)
     x = samples(zm, [3.0, -3.0, 1.2, 0.9, -1.1, 2.9], g)
@@ -86,8 +71,7 @@ def test_trans_gauche_delta_f_is_exact():
 
 
 def test_a_missed_basin_and_bad_input_are_named():
-    energy = OpenMMEnergy(chain_system(), T, platform_properties={"Threads": "1"})
-    zm = ZMatrix(4, [(0, 1), (1, 2), (2, 3)])
+    energy, zm = chain()
     cv = Dihedral(0, 1, 2, 3, name="phi")
     g = torch.Generator().manual_seed(0)
     x = samples(zm, [3.0, -3.0, 2.9], g)  # trans only
@@ -120,3 +104,16 @@ def test_alanine_cell_options():
     assert all(st.start <= i < st.stop for i in opts["restrain"])
     with pytest.raises(ValueError, match="alanine"):
         alanine_cell_options(ZMatrix(22, [(i, i + 1) for i in range(21)]), energy, pos)
+
+
+def test_torsion_chain_energy_is_the_torsion_term_at_rest():
+    """At the bonds' and angles' rest values the reduced energy is U_t(phi)/kT alone, phi measured by
+    the package's dihedral (atoms 0-1-2-3) equal to the Z-matrix torsion that built it."""
+    energy, zm = chain()
+    phis = torch.tensor([math.pi, 2.0, 1.12, 0.3, -0.7, -2.5], dtype=torch.float64)
+    q = torch.tensor([[0.153, 0.153, 0.153, 1.95, 1.95, float(p)] for p in phis], dtype=torch.float64)
+    x = zm.to_cartesian(q)
+    measured = Dihedral(0, 1, 2, 3)(x)
+    assert torch.allclose(torch.remainder(measured - phis + math.pi, 2 * math.pi) - math.pi,
+                          torch.zeros_like(phis), atol=1e-9)
+    assert torch.allclose(energy(x), -torsion_chain_log_marginal(phis, T, K1, K3), atol=1e-6)  # OpenMM CPU platform: mixed precision
