@@ -8,8 +8,9 @@ adjoint sampler, reweight, and estimate Delta F between two basins with error ba
 
 Writes to --out: checkpoint.pt (every round; a rerun with the same settings resumes, a changed
 setting is refused by name), samples.pt, run.json, estimates.json (Delta F with the bias weights
-exp(V/kT), with the sampler's exact path weights, and the bias grid's own estimate) and
-cv_histogram.png. For the double well the exact answer (quadrature) is printed beside them.
+exp(V/kT), with the sampler's exact path weights, and the bias grid's own estimate; for molecules
+also the basin-cell estimate, ``cells``: the samples' minima, each cell's mass by annealed
+importance sampling) and cv_histogram.png. For the double well the exact answer (quadrature) is printed beside them.
 """
 
 import argparse
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from sciffusion.domains.boltzmann.cli import (SYSTEMS, build_system, free_energy_from_samples, parse_cv_names,
-                                              run_sample, save_samples)
+from sciffusion.domains.boltzmann.cli import (SYSTEMS, build_system, cells_free_energy_from_samples,
+                                              free_energy_from_samples, parse_cv_names, run_sample, save_samples)
 from sciffusion.domains.boltzmann.free_energy import Basin
 
 
@@ -69,6 +70,11 @@ def main(argv=None) -> int:
                                                           n_bootstrap=args.bootstrap, seed=args.seed)
         except ValueError as err:  # e.g. a basin that no sample visits
             estimates[weights] = {"error": str(err)}
+    if args.system.startswith("alanine-dipeptide"):  # the basins the samples reach, each cell integrated by AIS
+        try:
+            estimates["cells"] = cells_free_energy_from_samples(samples, args.basin, seed=args.seed, progress=True)
+        except ValueError as err:  # e.g. every minimum in one basin
+            estimates["cells"] = {"error": str(err)}
     if args.system == "double-well" and names == ["x1"] and args.basin == "B: 0 < x1 < 10":
         estimates["exact"] = {"delta_f": spec.energy.exact_delta_f(0.0), "p_b": spec.energy.exact_probability(0.0)}
     (args.out / "estimates.json").write_text(json.dumps(estimates, indent=1, default=float))
