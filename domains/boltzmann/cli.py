@@ -486,8 +486,8 @@ def _tour_cells(quick: bool) -> dict:
     exact = float(torch.logsumexp(logp[~gauche], 0) - torch.logsumexp(logp[gauche], 0))
     q = torch.tensor([[0.153, 0.153, 0.153, 1.95, 1.95, p] for p in (3.0, 1.0, -1.0)], dtype=torch.float64)
     res = cell_free_energy(energy, zm, zm.to_cartesian(q), Dihedral(0, 1, 2, 3), lambda c: c[:, 0].abs() < 2.0944,
-                           generator=torch.Generator().manual_seed(0), num_particles=200 if quick else 500,
-                           num_temperatures=40 if quick else 80)
+                           generator=torch.Generator().manual_seed(0), num_particles=150 if quick else 300,
+                           num_temperatures=30 if quick else 50)
     return {"exact dF(trans->gauche) kT": round(exact, 3), "cells dF kT": round(res.delta_f, 3),
             "stderr": round(res.stderr, 3), "Laplace dF kT": round(res.laplace_delta_f, 3),
             "energy_calls": sum(res.energy_calls.values())}
